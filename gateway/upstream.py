@@ -1,0 +1,398 @@
+"""Clients for upstream MCP servers over Streamable HTTP.
+
+One `Upstream` per connection and process holds a pooled HTTP client, so HTTP
+connections are reused across calls; legacy-era upstream sessions are created once per
+downstream session (or once per connection for stateless downstream clients) and reused
+for every call in them.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from django.conf import settings
+
+from . import jsonrpc, protocol, sse
+from .jsonrpc import Message
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "mcp-gateway/0.1"
+
+
+class UpstreamFailure(Exception):
+    """The upstream could not be reached or did not answer as an MCP server should."""
+
+    def __init__(self, code: int, message: str, outcome: str = "upstream_error") -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.outcome = outcome
+
+    def to_error(self, id: jsonrpc.JsonId) -> dict[str, Any]:
+        return jsonrpc.error(id, self.code, self.message)
+
+
+class SessionExpired(Exception):
+    """The upstream no longer knows the session (HTTP 404): it must be re-initialized."""
+
+
+@dataclass(slots=True)
+class Reply:
+    """An upstream HTTP answer whose body has not been read yet."""
+
+    response: httpx.Response
+    name: str
+
+    @property
+    def status(self) -> int:
+        return self.response.status_code
+
+    @property
+    def is_sse(self) -> bool:
+        return self.response.headers.get("content-type", "").startswith("text/event-stream")
+
+    @property
+    def session_id(self) -> str | None:
+        return self.response.headers.get("mcp-session-id")
+
+    async def read_message(self) -> Message | None:
+        """The single JSON-RPC message of a JSON reply (None for an empty 202)."""
+        body = await self._read()
+        if not body.strip():
+            return None
+        try:
+            return jsonrpc.validate(json.loads(body))
+        except (ValueError, jsonrpc.InvalidMessage):
+            raise UpstreamFailure(
+                jsonrpc.UPSTREAM_PROTOCOL_ERROR,
+                f"upstream {self.name} answered HTTP {self.status} with a body that is not "
+                "a JSON-RPC message",
+            ) from None
+
+    async def events(self) -> AsyncIterator[tuple[sse.Event, Message | None]]:
+        """Each SSE event with its JSON-RPC message (None for events without one)."""
+        try:
+            async for event in sse.parse_events(self.response.aiter_bytes()):
+                message = None
+                if event.data:
+                    try:
+                        message = jsonrpc.validate(json.loads(event.data))
+                    except (ValueError, jsonrpc.InvalidMessage):
+                        log.warning("upstream %s sent an invalid SSE message; dropped", self.name)
+                yield event, message
+        except httpx.TimeoutException:
+            raise UpstreamFailure(
+                jsonrpc.UPSTREAM_TIMEOUT,
+                f"upstream {self.name} stopped answering for "
+                f"{settings.GATEWAY['UPSTREAM_TIMEOUT']:g} s",
+                outcome="timeout",
+            ) from None
+        except httpx.HTTPError as exc:
+            raise UpstreamFailure(
+                jsonrpc.UPSTREAM_UNAVAILABLE,
+                f"upstream {self.name} broke off its stream: {_describe(exc)}",
+            ) from None
+
+    async def first_response(self) -> Message:
+        """Read until the reply's JSON-RPC response (JSON or SSE), ignoring notifications."""
+        if not self.is_sse:
+            message = await self.read_message()
+            if message is None or not message.is_response:
+                raise UpstreamFailure(
+                    jsonrpc.UPSTREAM_PROTOCOL_ERROR, f"upstream {self.name} sent no response"
+                )
+            return message
+        async for _event, message in self.events():
+            if message is not None and message.is_response:
+                return message
+        raise UpstreamFailure(
+            jsonrpc.UPSTREAM_PROTOCOL_ERROR,
+            f"upstream {self.name} closed its stream without a response",
+        )
+
+    async def _read(self) -> bytes:
+        try:
+            return await self.response.aread()
+        except httpx.TimeoutException:
+            raise UpstreamFailure(
+                jsonrpc.UPSTREAM_TIMEOUT,
+                f"upstream {self.name} did not answer within "
+                f"{settings.GATEWAY['UPSTREAM_TIMEOUT']:g} s",
+                outcome="timeout",
+            ) from None
+        except httpx.HTTPError as exc:
+            raise UpstreamFailure(
+                jsonrpc.UPSTREAM_UNAVAILABLE, f"upstream {self.name}: {_describe(exc)}"
+            ) from None
+        finally:
+            await self.response.aclose()
+
+    async def aclose(self) -> None:
+        await self.response.aclose()
+
+
+def _describe(exc: httpx.HTTPError) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:200]
+
+
+@dataclass(slots=True)
+class LegacySession:
+    """A legacy-era session the gateway holds with the upstream."""
+
+    session_id: str | None
+    protocol_version: str
+    initialize_result: dict[str, Any]
+
+
+@dataclass
+class Upstream:
+    """The gateway's client for one connection's upstream, shared by all calls in a process."""
+
+    slug: str
+    url: str
+    headers: dict[str, str]
+    client: httpx.AsyncClient = field(init=False)
+    # Whether the upstream answers server/discover (2026-07-28), with the time we learnt it.
+    _modern: tuple[bool, float] | None = field(default=None, init=False)
+    _discover_result: dict[str, Any] | None = field(default=None, init=False)
+    # The session used on behalf of stateless (modern) agents when the upstream is legacy.
+    _shared_session: LegacySession | None = field(default=None, init=False)
+    _shared_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
+
+    def __post_init__(self) -> None:
+        timeouts = settings.GATEWAY
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(
+                timeouts["UPSTREAM_TIMEOUT"], connect=timeouts["UPSTREAM_CONNECT_TIMEOUT"]
+            ),
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+            follow_redirects=False,
+        )
+
+    @property
+    def name(self) -> str:
+        return self.slug
+
+    # -- raw HTTP ------------------------------------------------------------------
+
+    def _headers(
+        self,
+        *,
+        session_id: str | None = None,
+        protocol_version: str | None = None,
+        extra: dict[str, str] | None = None,
+        accept: str = "application/json, text/event-stream",
+    ) -> dict[str, str]:
+        headers = {"accept": accept, "user-agent": USER_AGENT}
+        if extra:
+            headers.update(extra)
+        if session_id:
+            headers["mcp-session-id"] = session_id
+        if protocol_version:
+            headers["mcp-protocol-version"] = protocol_version
+        # The connection's own headers go last: they carry the upstream credentials, and
+        # nothing from the agent may override them.
+        headers.update(self.headers)
+        return headers
+
+    async def send(
+        self,
+        method: str,
+        *,
+        body: bytes | None = None,
+        session_id: str | None = None,
+        protocol_version: str | None = None,
+        extra: dict[str, str] | None = None,
+        accept: str = "application/json, text/event-stream",
+    ) -> Reply:
+        headers = self._headers(
+            session_id=session_id, protocol_version=protocol_version, extra=extra, accept=accept
+        )
+        if body is not None:
+            headers["content-type"] = "application/json"
+        request = self.client.build_request(method, self.url, content=body, headers=headers)
+        try:
+            response = await self.client.send(request, stream=True)
+        except httpx.TimeoutException as exc:
+            self.forget_era()
+            outcome = "upstream_error" if isinstance(exc, httpx.ConnectTimeout) else "timeout"
+            raise UpstreamFailure(
+                jsonrpc.UPSTREAM_TIMEOUT,
+                f"upstream {self.name} did not answer within "
+                f"{settings.GATEWAY['UPSTREAM_TIMEOUT']:g} s ({type(exc).__name__})",
+                outcome=outcome,
+            ) from None
+        except httpx.HTTPError as exc:
+            self.forget_era()
+            raise UpstreamFailure(
+                jsonrpc.UPSTREAM_UNAVAILABLE,
+                f"upstream {self.name} is unreachable: {_describe(exc)}",
+            ) from None
+        reply = Reply(response, self.name)
+        if response.status_code in (401, 403):
+            await reply.aclose()
+            raise UpstreamFailure(
+                jsonrpc.UPSTREAM_UNAVAILABLE,
+                f"upstream {self.name} refused the gateway's credentials "
+                f"(HTTP {response.status_code}); an admin must update the connection",
+            )
+        if response.status_code >= 500:
+            await reply.aclose()
+            raise UpstreamFailure(
+                jsonrpc.UPSTREAM_UNAVAILABLE,
+                f"upstream {self.name} failed with HTTP {response.status_code}",
+            )
+        return reply
+
+    async def post(
+        self,
+        message: dict[str, Any] | bytes,
+        *,
+        session_id: str | None = None,
+        protocol_version: str | None = None,
+        extra: dict[str, str] | None = None,
+    ) -> Reply:
+        body = message if isinstance(message, bytes) else jsonrpc.dumps(message)
+        reply = await self.send(
+            "POST",
+            body=body,
+            session_id=session_id,
+            protocol_version=protocol_version,
+            extra=extra,
+        )
+        if reply.status == 404 and session_id:
+            await reply.aclose()
+            raise SessionExpired
+        return reply
+
+    # -- era detection -------------------------------------------------------------
+
+    def forget_era(self) -> None:
+        self._modern = None
+
+    async def is_modern(self) -> bool:
+        """Whether the upstream speaks 2026-07-28; probed once and cached."""
+        cached = self._modern
+        if cached is not None and time.monotonic() - cached[1] < settings.GATEWAY[
+            "ERA_CACHE_SECONDS"
+        ]:
+            return cached[0]
+        result = await self._probe_discover()
+        self._discover_result = result
+        self._modern = (result is not None, time.monotonic())
+        return result is not None
+
+    async def discover_result(self) -> dict[str, Any] | None:
+        if await self.is_modern():
+            return self._discover_result
+        return None
+
+    async def _probe_discover(self) -> dict[str, Any] | None:
+        request = protocol.discover_request("gateway-probe")
+        reply = await self.post(
+            request,
+            protocol_version=protocol.MODERN_VERSION,
+            extra=protocol.modern_headers("server/discover", None),
+        )
+        if reply.status >= 400 and not reply.response.headers.get("content-type", "").startswith(
+            ("application/json", "text/event-stream")
+        ):
+            await reply.aclose()
+            return None
+        try:
+            message = await reply.first_response()
+        except UpstreamFailure:
+            return None
+        result = message.payload.get("result")
+        if not isinstance(result, dict):
+            return None
+        versions = result.get("supportedVersions")
+        if not isinstance(versions, list) or protocol.MODERN_VERSION not in versions:
+            return None
+        return result
+
+    # -- legacy sessions -----------------------------------------------------------
+
+    async def initialize(self, params: dict[str, Any]) -> LegacySession:
+        """Open a legacy session upstream: initialize, then notifications/initialized."""
+        request = {"jsonrpc": "2.0", "id": "gateway-init", "method": "initialize", "params": params}
+        reply = await self.post(request)
+        session_id = reply.session_id
+        message = await reply.first_response()
+        if reply.status >= 400 or "error" in message.payload:
+            error = message.payload.get("error") or {}
+            raise InitializeRefused(error if isinstance(error, dict) else {}, reply.status)
+        result = message.payload["result"]
+        if not isinstance(result, dict) or not isinstance(result.get("protocolVersion"), str):
+            raise UpstreamFailure(
+                jsonrpc.UPSTREAM_PROTOCOL_ERROR,
+                f"upstream {self.name} answered initialize without a protocol version",
+            )
+        session = LegacySession(session_id, result["protocolVersion"], result)
+        ack = await self.post(
+            {"jsonrpc": "2.0", "method": "notifications/initialized"},
+            session_id=session.session_id,
+            protocol_version=session.protocol_version,
+        )
+        await ack.aclose()
+        return session
+
+    async def shared_session(self, *, renew: LegacySession | None = None) -> LegacySession:
+        """The legacy session used for stateless agents, opened once per process."""
+        async with self._shared_lock:
+            if self._shared_session is None or self._shared_session is renew:
+                self._shared_session = await self.initialize(protocol.gateway_initialize_params())
+            return self._shared_session
+
+    async def end_session(self, session: LegacySession) -> None:
+        if not session.session_id:
+            return
+        with contextlib.suppress(UpstreamFailure):
+            reply = await self.send(
+                "DELETE", session_id=session.session_id, protocol_version=session.protocol_version
+            )
+            await reply.aclose()
+
+    async def aclose(self) -> None:
+        if self._shared_session is not None:
+            await self.end_session(self._shared_session)
+        await self.client.aclose()
+
+
+class InitializeRefused(Exception):
+    """The upstream refused initialize; it may be a 2026-07-28-only server."""
+
+    def __init__(self, error: dict[str, Any], status: int) -> None:
+        super().__init__(error.get("message", f"HTTP {status}"))
+        self.error = error
+        self.status = status
+
+
+@dataclass(slots=True)
+class _Entry:
+    stamp: tuple[str, str, str]
+    upstream: Upstream
+
+
+_registry: dict[int, _Entry] = {}
+
+
+def upstream_for(connection_id: int, slug: str, url: str, headers: dict[str, str], stamp: str) -> Upstream:
+    """The process's client for a connection, rebuilt when the connection was edited."""
+    key = (slug, url, stamp)
+    entry = _registry.get(connection_id)
+    if entry is not None and entry.stamp == key:
+        return entry.upstream
+    if entry is not None:
+        asyncio.get_running_loop().create_task(entry.upstream.aclose())
+    upstream = Upstream(slug=slug, url=url, headers=headers)
+    _registry[connection_id] = _Entry(key, upstream)
+    return upstream

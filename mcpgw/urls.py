@@ -1,0 +1,19 @@
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from console import views as console_views
+from gateway import views as gateway_views
+
+urlpatterns = [
+    path("", console_views.home, name="home"),
+    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("healthz", console_views.healthz, name="healthz"),
+    path(
+        ".well-known/oauth-protected-resource/mcp/<slug:slug>",
+        gateway_views.protected_resource_metadata,
+        name="protected-resource-metadata",
+    ),
+    path("admin/", admin.site.urls),
+]
