@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
+from django.http.request import split_domain_port, validate_host
 
 from . import jsonrpc, pipeline, protocol, sse, store
 from .auth import Identity, authenticate
@@ -158,6 +159,13 @@ def _accepts(accept: str, media_type: str) -> bool:
     return media_type in kinds or "*/*" in kinds or f"{media_type.split('/')[0]}/*" in kinds
 
 
+def _host_allowed(exchange: Exchange) -> bool:
+    """The Host must be one of ALLOWED_HOSTS (DNS rebinding protection, as for the console)."""
+    host = exchange.headers.get("host", "")
+    domain, _port = split_domain_port(host)
+    return bool(domain) and validate_host(domain, settings.ALLOWED_HOSTS)
+
+
 def _origin_allowed(exchange: Exchange) -> bool:
     """Browsers send Origin; a page on another site must not drive an agent's session."""
     origin = exchange.headers.get("origin")
@@ -224,6 +232,9 @@ async def _handle(exchange: Exchange) -> None:
             f"Method {exchange.method} is not allowed here",
             headers=[(b"allow", b"GET, POST, DELETE")],
         )
+        return
+    if not _host_allowed(exchange):
+        await exchange.respond_error(400, jsonrpc.INVALID_REQUEST, "Bad Request: Host not allowed")
         return
     if not _origin_allowed(exchange):
         await exchange.respond_error(403, jsonrpc.INVALID_REQUEST, "Forbidden: origin not allowed")
@@ -630,7 +641,9 @@ class Handler:
                     call, Outcome(failure.outcome), failure.to_error(message.id)
                 )
             return
-        if upstream_is_modern:
+        # server/discover goes to a legacy upstream too, so that an agent that probes
+        # for the era (like the SDK's auto mode) learns what the upstream really speaks.
+        if upstream_is_modern or message.method == "server/discover":
             await self._modern_passthrough(call)
         else:
             await self._modern_to_legacy(call)
@@ -672,16 +685,6 @@ class Handler:
                 )
             )
             await self._finish_with_error(call, Outcome(failure.outcome), failure.to_error(message.id))
-            return
-        if message.method == "server/discover":
-            response = {
-                "jsonrpc": "2.0",
-                "id": message.id,
-                "result": protocol.discover_from_initialize(shared.initialize_result),
-            }
-            response = pipeline.mask(call, response)
-            await self.exchange.respond_json(200, response)
-            await pipeline.record_outcome(call, Outcome.OK, response)
             return
         # Agents' ids may collide in the shared session: give the upstream one of ours.
         gateway_id = f"gw-{secrets.token_hex(8)}"
@@ -842,10 +845,12 @@ class Handler:
                             f"upstream {self.connection.slug} answered HTTP {reply.status} "
                             "without a body",
                         )
-                    is_final = message.is_response and message.id == expected_id
-                    payload = self._to_agent(message, call, final=is_final, **translation)
-                    if is_final:
-                        final.append(payload)
+                    # A JSON reply is the answer to this request, whatever its id says
+                    # (an upstream's HTTP-level rejection carries id null).
+                    payload = self._to_agent(
+                        message, call, final=message.is_response, **translation
+                    )
+                    final.append(payload)
                     await exchange.respond_json(reply.status, payload)
                     return
                 await exchange.start_stream()

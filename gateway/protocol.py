@@ -101,24 +101,6 @@ def modern_params(params: dict[str, Any], initialize_params: dict[str, Any]) -> 
     return {**params, "_meta": meta}
 
 
-def discover_from_initialize(result: dict[str, Any]) -> dict[str, Any]:
-    """A server/discover result built from a legacy upstream's initialize result."""
-    discover: dict[str, Any] = {
-        "resultType": "complete",
-        "supportedVersions": [MODERN_VERSION],
-        "capabilities": result.get("capabilities") or {},
-        # The capabilities come from the gateway's own session with the upstream and are
-        # the same for every caller.
-        "cacheScope": "public",
-        "ttlMs": 0,
-    }
-    if result.get("instructions"):
-        discover["instructions"] = result["instructions"]
-    if isinstance(result.get("serverInfo"), dict):
-        discover["_meta"] = {META_SERVER_INFO: result["serverInfo"]}
-    return discover
-
-
 def initialize_from_discover(result: dict[str, Any], requested_version: str) -> dict[str, Any]:
     """An initialize result built from a modern-only upstream's server/discover result."""
     version = requested_version if requested_version in LEGACY_VERSIONS else LATEST_LEGACY_VERSION

@@ -28,14 +28,19 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SUPPORT_DIR = Path(__file__).resolve().parent
 TOOLS_DIR = REPO_ROOT / ".tools" / "node"
 NODE = TOOLS_DIR / "node_modules" / "node" / "bin" / "node"
-CONFORMANCE_CLI = TOOLS_DIR / "node_modules" / "@modelcontextprotocol" / "conformance" / "dist" / "index.js"
+CONFORMANCE_CLI = (
+    TOOLS_DIR / "node_modules" / "@modelcontextprotocol" / "conformance" / "dist" / "index.js"
+)
 LOOPBACK_PRELOAD = SUPPORT_DIR / "loopback.cjs"
 AUTH_PRELOAD = SUPPORT_DIR / "auth_fetch.cjs"
 
 SPEC_VERSIONS = ("2025-03-26", "2025-06-18", "2025-11-25", "2026-07-28")
 
-# The CLI writes each scenario's checks to <out>/server-<scenario>-<ISO timestamp with : and . as ->/.
-_RESULT_DIR = re.compile(r"^server-(?P<scenario>.+)-(?P<stamp>\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}-\d{3}Z)$")
+# The CLI writes each scenario's checks to <out>/server-<scenario>-<timestamp>/checks.json, the
+# timestamp being ISO 8601 with ':' and '.' replaced by '-'.
+_RESULT_DIR = re.compile(
+    r"^server-(?P<scenario>.+)-(?P<stamp>\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}-\d{3}Z)$"
+)
 _RUNNING = re.compile(r"^=== Running scenario: (?P<scenario>\S+) ===$", re.MULTILINE)
 
 
@@ -128,7 +133,9 @@ def run_conformance(
     if spec_version not in SPEC_VERSIONS and spec_version != "draft":
         raise ValueError(f"unknown spec version {spec_version!r}; expected one of {SPEC_VERSIONS}")
     if not NODE.is_file() or not CONFORMANCE_CLI.is_file():
-        raise ConformanceError(f"Node tools missing in {TOOLS_DIR}; run tests/support/install_node_tools.sh")
+        raise ConformanceError(
+            f"Node tools missing in {TOOLS_DIR}; run tests/support/install_node_tools.sh"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     command = [
         str(NODE),
@@ -154,13 +161,17 @@ def run_conformance(
             check=False,
         )
     except subprocess.TimeoutExpired as exc:
-        raise ConformanceError(f"conformance run against {url} timed out after {timeout:.0f}s") from exc
+        raise ConformanceError(
+            f"conformance run against {url} timed out after {timeout:.0f}s"
+        ) from exc
     (out_dir / "conformance.log").write_text(completed.stdout + completed.stderr)
 
     started = _RUNNING.findall(completed.stdout)
     if not started:
         tail = "\n".join((completed.stdout + completed.stderr).splitlines()[-30:])
-        raise ConformanceError(f"conformance CLI ran no scenario (exit {completed.returncode}):\n{tail}")
+        raise ConformanceError(
+            f"conformance CLI ran no scenario (exit {completed.returncode}):\n{tail}"
+        )
     checks = load_checks(out_dir)
     results: dict[str, str] = {}
     for scenario in started:
@@ -180,11 +191,17 @@ def failed_checks(out_dir: Path, scenario: str) -> list[tuple[str, str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run the MCP conformance server suite against a URL.")
+    parser = argparse.ArgumentParser(
+        description="Run the MCP conformance server suite against a URL."
+    )
     parser.add_argument("url", help="Streamable HTTP endpoint, e.g. http://127.0.0.1:3001/mcp")
     parser.add_argument("--spec-version", required=True, choices=[*SPEC_VERSIONS, "draft"])
-    parser.add_argument("--out", type=Path, help="directory for results (default: a new temporary one)")
-    parser.add_argument("--token", default=os.environ.get("MCP_AUTH_TOKEN"), help="bearer token to send")
+    parser.add_argument(
+        "--out", type=Path, help="directory for results (default: a new temporary one)"
+    )
+    parser.add_argument(
+        "--token", default=os.environ.get("MCP_AUTH_TOKEN"), help="bearer token to send"
+    )
     args = parser.parse_args(argv)
 
     out_dir: Path = args.out or Path(tempfile.mkdtemp(prefix=f"conformance-{args.spec_version}-"))
@@ -197,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
             for check_id, message in failed_checks(out_dir, scenario):
                 print(f"{'':<{width}}    - {check_id}: {message[:160]}")
     counts = Counter(results.values())
-    summary = ", ".join(f"{counts[s]} {s}" for s in ("pass", "fail", "error", "skipped") if counts[s])
+    summary = ", ".join(
+        f"{counts[s]} {s}" for s in ("pass", "fail", "error", "skipped") if counts[s]
+    )
     print(f"\n{args.spec_version}: {len(results)} scenarios: {summary}  (results in {out_dir})")
     return 0 if counts["fail"] == counts["error"] == 0 else 1
 

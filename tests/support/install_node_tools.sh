@@ -36,7 +36,7 @@ log="${tools_dir}/install.log"
 # inherited stdio, so all output goes to the log rather than the terminal.
 if ! (
     cd "${tools_dir}"
-    npm ci --no-audit --no-fund --loglevel=error
+    npm_config_update_notifier=false npm ci --no-audit --no-fund --loglevel=error
 ) >"${log}" 2>&1; then
     echo "install_node_tools: npm ci failed; last lines of ${log}:" >&2
     tail -n 40 "${log}" >&2

@@ -1,0 +1,164 @@
+"""Shared fixtures: real upstream MCP servers and a real gateway process (daphne).
+
+The gateway runs as its own process against the test database, so tests that talk to it
+use `transactional_db`: what they write is committed and visible to the gateway.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+
+# Async tests set up data with the ordinary (sync) ORM and management commands.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"process exited early with {process.returncode}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listened on {port} within {timeout} s")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@dataclass
+class Server:
+    url: str
+    port: int
+    process: subprocess.Popen[bytes]
+
+    def seen(self) -> list[dict]:
+        return httpx.get(f"http://127.0.0.1:{self.port}/_seen").json()
+
+
+def start_demo(*flags: str) -> Server:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, str(FIXTURES / "demo_server.py"), "--port", str(port), *flags]
+    )
+    wait_for_port(port, process)
+    return Server(f"http://127.0.0.1:{port}/mcp", port, process)
+
+
+@pytest.fixture
+def demo_upstream() -> Iterator[Server]:
+    """A fresh upstream per test, so its request log belongs to that test."""
+    server = start_demo()
+    yield server
+    stop(server.process)
+
+
+@pytest.fixture
+def legacy_upstream() -> Iterator[Server]:
+    server = start_demo("--legacy-only")
+    yield server
+    stop(server.process)
+
+
+@pytest.fixture
+def json_upstream() -> Iterator[Server]:
+    server = start_demo("--json")
+    yield server
+    stop(server.process)
+
+
+def _database_url() -> str:
+    db = settings.DATABASES["default"]
+    if db["ENGINE"].endswith("sqlite3"):
+        return ""
+    user = db.get("USER") or "postgres"
+    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+    return f"postgres://{user}{password}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def start_gateway(tmp_path: Path, **env_overrides: str) -> Server:
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": _database_url(),
+        "SECRET_KEY": settings.SECRET_KEY,
+        "GATEWAY_ENCRYPTION_KEY": ",".join(settings.GATEWAY_ENCRYPTION_KEYS),
+        "DATA_DIR": str(tmp_path),
+        "GATEWAY_UPSTREAM_TIMEOUT": "5",
+        "GATEWAY_UPSTREAM_CONNECT_TIMEOUT": "2",
+        "GATEWAY_MAX_BODY_BYTES": "65536",
+        **env_overrides,
+    }
+    if not env["DATABASE_URL"]:
+        raise RuntimeError("gateway process tests need Postgres (set DATABASE_URL)")
+    log = open(tmp_path / f"gateway-{port}.log", "wb")  # noqa: SIM115
+    process = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "mcpgw.asgi:application"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    wait_for_port(port, process)
+    return Server(f"http://127.0.0.1:{port}", port, process)
+
+
+@pytest.fixture(scope="session")
+def gateway_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("gateway")
+
+
+@pytest.fixture(scope="session")
+def gateway(django_db_setup: None, django_db_blocker: object, gateway_data_dir: Path) -> Iterator[Server]:
+    """One gateway process for the whole run, on the test database."""
+    server = start_gateway(gateway_data_dir)
+    yield server
+    stop(server.process)
+
+
+@pytest.fixture
+def alice(transactional_db: None):  # type: ignore[no-untyped-def]
+    """alice: an admin."""
+    return get_user_model().objects.create_superuser("alice", "alice@example.com", "pw-alice-1")
+
+
+def add_connection(slug: str, url: str, *headers: str) -> None:
+    args = ["--slug", slug, "--url", url]
+    for header in headers:
+        args += ["--header", header]
+    call_command("add_connection", *args)
+
+
+def issue_token(user: str, *args: str) -> str:
+    from io import StringIO
+
+    out = StringIO()
+    call_command("issue_token", "--user", user, *args, stdout=out, stderr=StringIO())
+    return out.getvalue().strip()
