@@ -413,6 +413,8 @@ class Handler:
             await exchange.start_stream()
             async for event, message in reply.events():
                 if message is None:
+                    if event.id is not None or event.retry is not None:
+                        await exchange.send_event(event)
                     continue
                 payload = self._to_agent(message)
                 await exchange.send_event(
@@ -833,6 +835,7 @@ class Handler:
         expected_id = upstream_request_id if upstream_request_id is not None else call.message.id
         final: list[dict[str, Any]] = []
         translation = {"legacy_agent": legacy_agent, "modern_agent": modern_agent}
+        resumable: list[str | None] = []
 
         async def work() -> None:
             reply = await post()
@@ -856,7 +859,14 @@ class Handler:
                 await exchange.start_stream()
                 async for event, message in reply.events():
                     if message is None:
+                        # Priming events (an id, empty data) and retry hints make the
+                        # stream resumable; they pass through as they are.
+                        if event.id is not None or event.retry is not None:
+                            await exchange.send_event(event)
+                            resumable.append(event.id)
                         continue
+                    if event.id is not None:
+                        resumable.append(event.id)
                     is_final = message.is_response and message.id == expected_id
                     payload = self._to_agent(message, call, final=is_final, **translation)
                     await exchange.send_event(
@@ -865,6 +875,11 @@ class Handler:
                     if is_final:
                         final.append(payload)
                         break
+                if not final and resumable:
+                    # The upstream closed the stream mid-call, as it may when it supports
+                    # resumption: the agent resumes with GET and Last-Event-ID.
+                    await exchange.end_stream()
+                    return
                 if not final:
                     raise UpstreamFailure(
                         jsonrpc.UPSTREAM_PROTOCOL_ERROR,
@@ -897,4 +912,6 @@ class Handler:
                 await on_disconnect()
             await pipeline.record_outcome(call, Outcome.CLIENT_DISCONNECTED, None)
             return
-        await pipeline.record_outcome(call, pipeline.outcome_of(final[0]), final[0])
+        if final:
+            await pipeline.record_outcome(call, pipeline.outcome_of(final[0]), final[0])
+        # Otherwise the answer arrives on the agent's resumed stream (see get()).

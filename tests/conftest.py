@@ -80,6 +80,14 @@ def demo_upstream() -> Iterator[Server]:
     stop(server.process)
 
 
+@pytest.fixture(scope="session")
+def shared_upstream() -> Iterator[Server]:
+    """One upstream for the tests that do not look at what it received."""
+    server = start_demo()
+    yield server
+    stop(server.process)
+
+
 @pytest.fixture
 def legacy_upstream() -> Iterator[Server]:
     server = start_demo("--legacy-only")
