@@ -17,7 +17,9 @@ def _fernet() -> MultiFernet:
     try:
         return MultiFernet([Fernet(key.encode()) for key in settings.GATEWAY_ENCRYPTION_KEYS])
     except ValueError as exc:
-        raise ImproperlyConfigured(f"GATEWAY_ENCRYPTION_KEY is not a valid Fernet key: {exc}")
+        raise ImproperlyConfigured(
+            f"GATEWAY_ENCRYPTION_KEY is not a valid Fernet key: {exc}"
+        ) from None
 
 
 def encrypt_json(value: object) -> str:

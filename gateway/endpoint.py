@@ -146,7 +146,9 @@ class Exchange:
         self.started = True
 
     async def send_event(self, event: sse.Event) -> None:
-        await self._send({"type": "http.response.body", "body": sse.encode(event), "more_body": True})
+        await self._send(
+            {"type": "http.response.body", "body": sse.encode(event), "more_body": True}
+        )
 
     async def end_stream(self) -> None:
         if not self.finished:
@@ -222,7 +224,9 @@ async def mcp_app(scope: Scope, receive: Receive, send: Send) -> None:
 async def _handle(exchange: Exchange) -> None:
     match = SLUG_PATH.match(exchange.scope["path"])
     if match is None:
-        await exchange.respond_error(404, jsonrpc.INVALID_REQUEST, "Not found: no such MCP endpoint")
+        await exchange.respond_error(
+            404, jsonrpc.INVALID_REQUEST, "Not found: no such MCP endpoint"
+        )
         return
     slug = match["slug"]
     if exchange.method not in ("GET", "POST", "DELETE"):
@@ -497,7 +501,9 @@ class Handler:
                 result = protocol.initialize_from_discover(discover, requested)
                 upstream_id, upstream_version = "", protocol.MODERN_VERSION
         except UpstreamFailure as failure:
-            await self._finish_with_error(call, Outcome(failure.outcome), failure.to_error(message.id))
+            await self._finish_with_error(
+                call, Outcome(failure.outcome), failure.to_error(message.id)
+            )
             return
         key = secrets.token_urlsafe(32)
         await store.create_session(
@@ -652,9 +658,15 @@ class Handler:
 
     async def _modern_passthrough(self, call: Call) -> None:
         headers = self.exchange.headers
-        extra = {name: headers[name] for name in protocol.MODERN_FORWARDED_HEADERS if name in headers}
+        extra = {
+            name: headers[name] for name in protocol.MODERN_FORWARDED_HEADERS if name in headers
+        }
         extra.update(
-            {name: value for name, value in headers.items() if name.startswith(protocol.MCP_PARAM_PREFIX)}
+            {
+                name: value
+                for name, value in headers.items()
+                if name.startswith(protocol.MCP_PARAM_PREFIX)
+            }
         )
         version = headers.get("mcp-protocol-version") or protocol.MODERN_VERSION
         if not await self._admit(call):
@@ -686,7 +698,9 @@ class Handler:
                     f"upstream {self.connection.slug} refused initialize: {exc}",
                 )
             )
-            await self._finish_with_error(call, Outcome(failure.outcome), failure.to_error(message.id))
+            await self._finish_with_error(
+                call, Outcome(failure.outcome), failure.to_error(message.id)
+            )
             return
         # Agents' ids may collide in the shared session: give the upstream one of ours.
         gateway_id = f"gw-{secrets.token_hex(8)}"

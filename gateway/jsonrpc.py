@@ -84,9 +84,7 @@ def validate(payload: object) -> Message:
     id = raw_id if isinstance(raw_id, str | int) and not isinstance(raw_id, bool) else None
     if payload.get("jsonrpc") != "2.0":
         raise InvalidMessage(INVALID_REQUEST, 'Invalid Request: "jsonrpc" must be "2.0"', id)
-    if "id" in payload and (
-        not isinstance(raw_id, str | int) or isinstance(raw_id, bool)
-    ):
+    if "id" in payload and (not isinstance(raw_id, str | int) or isinstance(raw_id, bool)):
         raise InvalidMessage(INVALID_REQUEST, 'Invalid Request: "id" must be a string or number')
     if "method" in payload:
         if not isinstance(payload["method"], str) or not payload["method"]:

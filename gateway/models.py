@@ -162,3 +162,6 @@ class DownstreamSession(models.Model):
                 name="open_sessions_by_last_seen",
             )
         ]
+
+    def __str__(self) -> str:
+        return f"session {self.key_digest[:12]} on {self.connection_id}"

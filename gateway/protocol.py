@@ -109,7 +109,9 @@ def initialize_from_discover(result: dict[str, Any], requested_version: str) -> 
     initialize: dict[str, Any] = {
         "protocolVersion": version,
         "capabilities": result.get("capabilities") or {},
-        "serverInfo": server_info if isinstance(server_info, dict) else {"name": "upstream", "version": "unknown"},
+        "serverInfo": server_info
+        if isinstance(server_info, dict)
+        else {"name": "upstream", "version": "unknown"},
     }
     if result.get("instructions"):
         initialize["instructions"] = result["instructions"]

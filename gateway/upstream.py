@@ -281,9 +281,10 @@ class Upstream:
     async def is_modern(self) -> bool:
         """Whether the upstream speaks 2026-07-28; probed once and cached."""
         cached = self._modern
-        if cached is not None and time.monotonic() - cached[1] < settings.GATEWAY[
-            "ERA_CACHE_SECONDS"
-        ]:
+        if (
+            cached is not None
+            and time.monotonic() - cached[1] < settings.GATEWAY["ERA_CACHE_SECONDS"]
+        ):
             return cached[0]
         result = await self._probe_discover()
         self._discover_result = result
@@ -385,7 +386,9 @@ class _Entry:
 _registry: dict[int, _Entry] = {}
 
 
-def upstream_for(connection_id: int, slug: str, url: str, headers: dict[str, str], stamp: str) -> Upstream:
+def upstream_for(
+    connection_id: int, slug: str, url: str, headers: dict[str, str], stamp: str
+) -> Upstream:
     """The process's client for a connection, rebuilt when the connection was edited."""
     key = (slug, url, stamp)
     entry = _registry.get(connection_id)

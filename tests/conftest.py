@@ -108,7 +108,9 @@ def _database_url() -> str:
         return ""
     user = db.get("USER") or "postgres"
     password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
-    return f"postgres://{user}{password}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    return (
+        f"postgres://{user}{password}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    )
 
 
 def start_gateway(tmp_path: Path, **env_overrides: str) -> Server:
@@ -126,9 +128,18 @@ def start_gateway(tmp_path: Path, **env_overrides: str) -> Server:
     }
     if not env["DATABASE_URL"]:
         raise RuntimeError("gateway process tests need Postgres (set DATABASE_URL)")
-    log = open(tmp_path / f"gateway-{port}.log", "wb")  # noqa: SIM115
+    log = open(tmp_path / f"gateway-{port}.log", "wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "mcpgw.asgi:application"],
+        [
+            sys.executable,
+            "-m",
+            "daphne",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "mcpgw.asgi:application",
+        ],
         cwd=ROOT,
         env=env,
         stdout=log,
@@ -144,11 +155,22 @@ def gateway_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def gateway(django_db_setup: None, django_db_blocker: object, gateway_data_dir: Path) -> Iterator[Server]:
+def gateway(
+    django_db_setup: None, django_db_blocker: object, gateway_data_dir: Path
+) -> Iterator[Server]:
     """One gateway process for the whole run, on the test database."""
     server = start_gateway(gateway_data_dir)
     yield server
     stop(server.process)
+    # Async tests touch the ORM from their own task context, whose connections Django
+    # never closes; end them so the test database can be dropped.
+    from django.db import connection
+
+    with django_db_blocker.unblock(), connection.cursor() as cursor:  # type: ignore[attr-defined]
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
 
 
 @pytest.fixture

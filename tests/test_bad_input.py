@@ -29,7 +29,12 @@ MODERN_CALL = {
         },
     },
 }
-MODERN_HEADERS = {**HEADERS, "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call", "Mcp-Name": "sleep"}
+MODERN_HEADERS = {
+    **HEADERS,
+    "MCP-Protocol-Version": "2026-07-28",
+    "Mcp-Method": "tools/call",
+    "Mcp-Name": "sleep",
+}
 
 
 @pytest.fixture
@@ -44,7 +49,9 @@ def setup(alice, gateway: Server, shared_upstream: Server) -> dict:
     }
 
 
-def post(url: str, headers: dict, body: object = None, content: bytes | None = None) -> httpx.Response:
+def post(
+    url: str, headers: dict, body: object = None, content: bytes | None = None
+) -> httpx.Response:
     return httpx.post(url, headers=headers, json=body, content=content, timeout=30)
 
 
@@ -75,7 +82,9 @@ def test_revoked_and_expired_tokens_get_401(setup):
     assert post(setup["url"], setup["auth"], LIST_TOOLS).status_code == 401
 
     expiring = issue_token("alice", "--ttl", "60")
-    AgentToken.objects.filter(revoked_at__isnull=True).update(expires_at=now() - timedelta(seconds=1))
+    AgentToken.objects.filter(revoked_at__isnull=True).update(
+        expires_at=now() - timedelta(seconds=1)
+    )
     response = post(setup["url"], {**HEADERS, "Authorization": f"Bearer {expiring}"}, LIST_TOOLS)
     assert response.status_code == 401
 
@@ -135,9 +144,7 @@ def test_wrong_accept_gets_406(setup):
 
 
 def test_wrong_content_type_gets_415(setup):
-    response = post(
-        setup["url"], {**setup["auth"], "Content-Type": "text/plain"}, content=b"{}"
-    )
+    response = post(setup["url"], {**setup["auth"], "Content-Type": "text/plain"}, content=b"{}")
     assert response.status_code == 415
 
 
@@ -160,7 +167,9 @@ async def test_session_is_bound_to_its_token(setup):
 
 
 def test_foreign_origin_gets_403(setup):
-    response = post(setup["url"], {**setup["auth"], "Origin": "https://evil.example.com"}, LIST_TOOLS)
+    response = post(
+        setup["url"], {**setup["auth"], "Origin": "https://evil.example.com"}, LIST_TOOLS
+    )
     assert response.status_code == 403
 
 
@@ -196,7 +205,11 @@ def test_unreachable_upstream_is_a_json_rpc_error(alice, gateway):
 def test_slow_upstream_times_out_with_a_json_rpc_error(setup):
     # The test gateway waits 5 s for an upstream (GATEWAY_UPSTREAM_TIMEOUT).
     started = time.monotonic()
-    response = post(setup["url"], {**MODERN_HEADERS, "Authorization": setup["auth"]["Authorization"]}, MODERN_CALL)
+    response = post(
+        setup["url"],
+        {**MODERN_HEADERS, "Authorization": setup["auth"]["Authorization"]},
+        MODERN_CALL,
+    )
     elapsed = time.monotonic() - started
     assert 4.5 < elapsed < 15
     body = response.text

@@ -9,7 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FIXTURES, ROOT, Server, add_connection, free_port, issue_token, stop, wait_for_port
+from tests.conftest import (
+    FIXTURES,
+    ROOT,
+    Server,
+    add_connection,
+    free_port,
+    issue_token,
+    stop,
+    wait_for_port,
+)
 from tests.support.conformance import failed_checks, run_conformance
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -45,7 +54,9 @@ def test_gateway_passes_what_the_upstream_passes(
         "spec_version": spec_version,
         "direct": {"passed": sum(v == "pass" for v in direct.values()), "total": len(direct)},
         "gateway": {"passed": sum(v == "pass" for v in through.values()), "total": len(through)},
-        "scenarios": {name: {"direct": direct[name], "gateway": through.get(name)} for name in direct},
+        "scenarios": {
+            name: {"direct": direct[name], "gateway": through.get(name)} for name in direct
+        },
     }
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / f"conformance-{spec_version}.json").write_text(json.dumps(summary, indent=2))

@@ -14,7 +14,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--user", required=True, help="the token's owner (username)")
-        parser.add_argument("--connection", metavar="SLUG", help="limit the token to one connection")
+        parser.add_argument(
+            "--connection", metavar="SLUG", help="limit the token to one connection"
+        )
         parser.add_argument("--ttl", type=int, metavar="SECONDS", help="expire after this long")
         parser.add_argument("--run", default="", metavar="LABEL", help="a label for the agent run")
         parser.add_argument(

@@ -1,0 +1,21 @@
+FROM python:3.12-slim
+
+ENV PYTHONUNBUFFERED=1 \
+    UV_COMPILE_BYTECODE=1 \
+    UV_LINK_MODE=copy \
+    DATA_DIR=/data \
+    PATH=/app/.venv/bin:$PATH
+
+RUN pip install --no-cache-dir uv \
+    && useradd --system --uid 10001 --home /app gateway \
+    && mkdir -p /data && chown gateway /data
+
+WORKDIR /app
+COPY pyproject.toml uv.lock .python-version ./
+RUN uv sync --frozen --no-dev --no-install-project
+COPY . .
+
+USER gateway
+EXPOSE 8000
+# One ASGI process per container; scale with more containers behind a load balancer.
+CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "--proxy-headers", "mcpgw.asgi:application"]
