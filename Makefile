@@ -17,6 +17,7 @@ install:
 run: install
 	@$(UV) run python manage.py migrate --noinput -v0
 	@$(UV) run python manage.py ensure_admin
+	@$(UV) run python manage.py audit_reconcile
 	@echo "Console and gateway on http://127.0.0.1:$(PORT)/ (agents: http://127.0.0.1:$(PORT)/mcp/<slug>)"
 	@$(UV) run daphne -b 127.0.0.1 -p $(PORT) mcpgw.asgi:application
 

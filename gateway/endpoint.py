@@ -525,6 +525,11 @@ class Handler:
         translated = not session.upstream_session_id and protocol.is_modern_version(
             session.upstream_protocol_version
         )
+        if message.is_response or message.is_notification:
+            note = self._call(message, "legacy")
+            note.session_digest = session.key_digest
+            if not await self._record_message(note):
+                return
         if message.is_response:
             await self._legacy_answer(session, message, translated)
             return
@@ -783,6 +788,19 @@ class Handler:
                 jsonrpc.INTERNAL_ERROR,
                 "The gateway cannot record this call right now, so it was not forwarded",
                 call.message.id,
+            )
+            return False
+        return True
+
+    async def _record_message(self, call: Call) -> bool:
+        try:
+            await pipeline.record_message(call)
+        except Exception:
+            log.exception("audit write failed; refusing the message")
+            await self.exchange.respond_error(
+                503,
+                jsonrpc.INTERNAL_ERROR,
+                "The gateway cannot record this message right now, so it was not forwarded",
             )
             return False
         return True

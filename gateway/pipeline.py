@@ -9,8 +9,11 @@ calls them in the same order, so every transport gets the same behaviour.
 
 import enum
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
+
+from audit import recorder
 
 from .auth import Identity
 from .jsonrpc import Message
@@ -57,6 +60,7 @@ class Call:
     session_digest: str | None = None
     started: float = field(default_factory=time.monotonic)
     outcome: Outcome | None = None
+    call_id: uuid.UUID | None = None
 
     @property
     def latency_ms(self) -> float:
@@ -73,6 +77,12 @@ async def record_request(call: Call) -> None:
 
     Raising here fails the call closed: the agent gets an error and nothing is sent.
     """
+    await recorder.record_request(call)
+
+
+async def record_message(call: Call) -> None:
+    """A notification or response from the agent, recorded before it is forwarded."""
+    await recorder.record_message(call)
 
 
 def mask(call: Call, payload: dict[str, Any]) -> dict[str, Any]:
@@ -83,6 +93,7 @@ def mask(call: Call, payload: dict[str, Any]) -> dict[str, Any]:
 async def record_outcome(call: Call, outcome: Outcome, response: dict[str, Any] | None) -> None:
     """The call's one recorded outcome, written after it ended."""
     call.outcome = outcome
+    await recorder.record_outcome(call, outcome.value, response)
 
 
 def outcome_of(response: dict[str, Any]) -> Outcome:

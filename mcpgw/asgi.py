@@ -14,6 +14,9 @@ from channels.routing import ProtocolTypeRouter  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from gateway.endpoint import mcp_app  # noqa: E402
+from mcpgw import periodic  # noqa: E402
+
+periodic.start()
 
 console_app = ASGIStaticFilesHandler(django_asgi_app)
 

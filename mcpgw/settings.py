@@ -250,6 +250,33 @@ GATEWAY = {
     "ERA_CACHE_SECONDS": env_int("GATEWAY_ERA_CACHE_SECONDS", 3600, minimum=0),
 }
 
+# The audit trail.
+AUDIT = {
+    # Sign a checkpoint every N records, and every M minutes if the chain grew.
+    "CHECKPOINT_EVERY": env_int("AUDIT_CHECKPOINT_EVERY", 1000, minimum=0),
+    "CHECKPOINT_MINUTES": env_int("AUDIT_CHECKPOINT_MINUTES", 5, minimum=1),
+    # Outside the database: a directory on durable storage shared by all processes.
+    "CHECKPOINT_DIR": env_str("AUDIT_CHECKPOINT_DIR", str(DATA_DIR / "audit-checkpoints")),
+    "SIGNING_KEY_FILE": env_str("AUDIT_SIGNING_KEY_FILE", str(DATA_DIR / "audit-signing.pem")),
+    # Embedded default: create the signing key on first use. Production sets false and
+    # provides the key file.
+    "CREATE_SIGNING_KEY": env_bool("AUDIT_CREATE_SIGNING_KEY", True),
+    # Auditors verify with the public key only.
+    "VERIFY_KEY_FILE": env_str("AUDIT_VERIFY_KEY_FILE"),
+    # Results larger than this are stored cut, with their full size and SHA-256.
+    "MAX_RESULT_BYTES": env_int("AUDIT_MAX_RESULT_BYTES", 64 * 1024, minimum=256),
+    # Calls without an outcome this long after their request are closed as "unknown".
+    "RECONCILE_AFTER_SECONDS": env_int("AUDIT_RECONCILE_AFTER_SECONDS", 900, minimum=1),
+}
+
+CELERY_BEAT_SCHEDULE = {
+    "audit-checkpoint": {
+        "task": "audit.tasks.checkpoint",
+        "schedule": AUDIT["CHECKPOINT_MINUTES"] * 60.0,
+    },
+    "audit-reconcile": {"task": "audit.tasks.reconcile", "schedule": 300.0},
+}
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

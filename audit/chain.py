@@ -1,0 +1,144 @@
+"""Appending to the audit chain, and verifying it."""
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils.timezone import now
+
+from . import checkpoints
+from .canonical import GENESIS_HASH, storable
+from .models import HASHED_FIELDS, AuditHead, AuditRecord, record_hash
+
+JSON_FIELDS = ("arguments", "result", "masking", "details")
+
+
+def _head_for_update() -> AuditHead:
+    head = AuditHead.objects.select_for_update().filter(pk=1).first()
+    if head is None:
+        # The migration creates the head; this only runs on a database that lost it.
+        AuditHead.objects.get_or_create(pk=1, defaults={"seq": 0, "hash": GENESIS_HASH})
+        head = AuditHead.objects.select_for_update().get(pk=1)
+    return head
+
+
+def append(**fields: Any) -> AuditRecord:
+    """Append one record, committed with the caller's transaction (or its own).
+
+    Appends are serialized on the chain head, so concurrent writers produce one gap-free
+    chain. A failure raises: callers on the data path fail closed.
+    """
+    return append_many([fields])[0]
+
+
+def append_many(rows: list[dict[str, Any]]) -> list[AuditRecord]:
+    with transaction.atomic():
+        head = _head_for_update()
+        records = []
+        seq, prev_hash = head.seq, head.hash
+        stamp = now()
+        for fields in rows:
+            seq += 1
+            for name in JSON_FIELDS:
+                if fields.get(name) is not None:
+                    fields[name] = storable(fields[name])
+            record = AuditRecord(seq=seq, created_at=stamp, prev_hash=prev_hash, **fields)
+            record.hash = record.compute_hash()
+            prev_hash = record.hash
+            records.append(record)
+        AuditRecord.objects.bulk_create(records)
+        AuditHead.objects.filter(pk=1).update(seq=seq, hash=prev_hash)
+        every = settings.AUDIT["CHECKPOINT_EVERY"]
+        if every and seq // every > head.seq // every:
+            transaction.on_commit(lambda: checkpoints.write(seq, prev_hash))
+    return records
+
+
+def new_call_id() -> uuid.UUID:
+    return uuid.uuid4()
+
+
+@dataclass
+class VerifyResult:
+    verified: int
+    first_seq: int | None
+    last_seq: int | None
+    checkpoints_checked: int
+    error: str | None = None
+    bad_seq: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def _rows(since: int | None) -> Iterator[dict[str, Any]]:
+    queryset = AuditRecord.objects.order_by("seq")
+    if since is not None:
+        queryset = queryset.filter(seq__gte=since)
+    yield from queryset.values(*HASHED_FIELDS, "hash").iterator(chunk_size=5000)
+
+
+def verify(since: int | None = None) -> VerifyResult:
+    """Walk the chain in constant memory; stop at the first record that does not fit.
+
+    Without `since` the walk starts at the beginning of the chain: sequence 1, or the
+    signed anchor left by the last archive. With `since`, the stored previous hash of
+    record `since` is taken as the starting point.
+    """
+    signed = checkpoints.load_all()
+    by_seq = {c.seq: c for c in signed.checkpoints}
+    anchor = signed.anchor
+    result = VerifyResult(0, None, None, 0)
+    if signed.error:
+        result.error = signed.error
+        return result
+
+    expected_seq: int | None = None
+    expected_prev: str | None = None
+    if since is None:
+        expected_seq = anchor.seq + 1 if anchor else 1
+        expected_prev = anchor.head_hash if anchor else GENESIS_HASH
+
+    for row in _rows(since):
+        seq = row["seq"]
+        if expected_seq is None:
+            expected_seq, expected_prev = seq, row["prev_hash"]
+        if result.first_seq is None:
+            result.first_seq = seq
+        if seq != expected_seq:
+            return _fail(result, expected_seq, f"record {expected_seq} is missing")
+        if row["prev_hash"] != expected_prev:
+            return _fail(result, seq, f"record {seq} does not follow record {seq - 1}")
+        if record_hash(row) != row["hash"]:
+            return _fail(result, seq, f"record {seq} was altered (its hash does not match)")
+        checkpoint = by_seq.get(seq)
+        if checkpoint is not None:
+            if checkpoint.head_hash != row["hash"]:
+                return _fail(result, seq, f"record {seq} differs from signed checkpoint {seq}")
+            result.checkpoints_checked += 1
+        result.verified += 1
+        result.last_seq = seq
+        expected_seq, expected_prev = seq + 1, row["hash"]
+
+    latest = max((c.seq for c in signed.checkpoints), default=0)
+    last = result.last_seq or (anchor.seq if anchor else 0)
+    if since is not None and result.last_seq is None:
+        last = since - 1
+    if latest > last:
+        return _fail(
+            result,
+            last + 1,
+            f"records {last + 1}..{latest} are missing: the chain ends before signed "
+            f"checkpoint {latest}",
+        )
+    return result
+
+
+def _fail(result: VerifyResult, seq: int, message: str) -> VerifyResult:
+    result.error = message
+    result.bad_seq = seq
+    return result

@@ -1,0 +1,120 @@
+"""What the data path writes to the audit trail for each agent request."""
+
+import asyncio
+import json
+import logging
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from . import chain
+from .canonical import canonical, sha256_hex, storable
+from .models import Kind
+
+if TYPE_CHECKING:
+    from gateway.pipeline import Call
+
+log = logging.getLogger(__name__)
+
+OUTCOME_RETRIES = 5
+
+
+def redact(value: Any) -> Any:
+    """What the audit trail stores of an argument or result value.
+
+    The masking engine replaces this, so that stored values are always masked.
+    """
+    return value
+
+
+def _arguments(call: "Call") -> Any:
+    params = call.message.params
+    if call.message.method in ("tools/call", "prompts/get"):
+        return params.get("arguments")
+    return params or None
+
+
+def _caller(call: "Call") -> dict[str, Any]:
+    identity = call.identity
+    request_id = call.message.id
+    return {
+        "call_id": call.call_id,
+        "user_id": identity.user_id,
+        "username": identity.username,
+        "token": identity.token_display,
+        "run_label": identity.run_label,
+        "client_address": call.client_address,
+        "user_agent": call.user_agent,
+        "connection": call.connection.slug,
+        "session": call.session_digest or "",
+        "era": call.era,
+        "method": call.message.method or "",
+        "target": (call.message.target_name or "")[:1000],
+        "request_id": "" if request_id is None else json.dumps(request_id)[:200],
+    }
+
+
+def _stored_result(response: dict[str, Any] | None) -> tuple[Any, int | None, str]:
+    """The result as stored: masked, and cut above AUDIT_MAX_RESULT_BYTES with its size
+    and digest kept."""
+    if response is None:
+        return None, None, ""
+    value = response.get("result") if "result" in response else {"error": response.get("error")}
+    value = storable(redact(value))
+    data = canonical(value)
+    limit = settings.AUDIT["MAX_RESULT_BYTES"]
+    if len(data) <= limit:
+        return value, len(data), sha256_hex(data)
+    preview = data[:limit].decode("utf-8", errors="ignore")
+    return {"truncated": True, "preview": preview}, len(data), sha256_hex(data)
+
+
+_append = sync_to_async(chain.append, thread_sensitive=False)
+
+
+async def record_request(call: "Call") -> None:
+    call.call_id = uuid.uuid4()
+    await _append(
+        kind=Kind.CALL_REQUEST,
+        arguments=redact(_arguments(call)),
+        **_caller(call),
+    )
+
+
+async def record_outcome(call: "Call", outcome: str, response: dict[str, Any] | None) -> None:
+    if call.call_id is None:
+        # Refused before its request was recorded (for example denied): one record.
+        call.call_id = uuid.uuid4()
+        arguments = redact(_arguments(call))
+    else:
+        arguments = None
+    result, size, digest = _stored_result(response)
+    fields = {
+        "kind": Kind.CALL_OUTCOME,
+        "arguments": arguments,
+        "result": result,
+        "result_size": size,
+        "result_digest": digest,
+        "outcome": outcome,
+        "latency_ms": round(call.latency_ms, 3),
+        **_caller(call),
+    }
+    # The call already happened: keep trying for a while rather than lose its outcome.
+    # If every attempt fails the reconciler closes the call as "unknown".
+    for attempt in range(OUTCOME_RETRIES):
+        try:
+            await _append(**fields)
+            return
+        except Exception:
+            log.exception(
+                "could not record the outcome of call %s (attempt %d)", call.call_id, attempt + 1
+            )
+            await asyncio.sleep(0.2 * 2**attempt)
+
+
+async def record_message(call: "Call") -> None:
+    """A notification or a response from the agent (e.g. an answer to an elicitation)."""
+    call.call_id = None
+    await _append(kind=Kind.MESSAGE, arguments=redact(call.message.params or None), **_caller(call))
