@@ -1,6 +1,6 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import path
+from django.urls import include, path
 
 from console import views as console_views
 from gateway import views as gateway_views
@@ -15,5 +15,8 @@ urlpatterns = [
         gateway_views.protected_resource_metadata,
         name="protected-resource-metadata",
     ),
+    path("audit/", include("audit.urls")),
+    path("audit/sinks/", include("audit.siem_urls")),
+    path("api/audit/", include("audit.api_urls")),
     path("admin/", admin.site.urls),
 ]
