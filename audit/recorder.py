@@ -118,3 +118,48 @@ async def record_message(call: "Call") -> None:
     """A notification or a response from the agent (e.g. an answer to an elicitation)."""
     call.call_id = None
     await _append(kind=Kind.MESSAGE, arguments=redact(call.message.params or None), **_caller(call))
+
+
+def _record_resumed_outcome(session: str, request_id: str, response: dict[str, Any]) -> None:
+    from django.utils.timezone import now
+
+    from .models import AuditRecord
+    from .reconcile import COPIED_FIELDS
+
+    request = (
+        AuditRecord.objects.filter(kind=Kind.CALL_REQUEST, session=session, request_id=request_id)
+        .order_by("-seq")
+        .first()
+    )
+    if request is None:
+        return
+    if AuditRecord.objects.filter(kind=Kind.CALL_OUTCOME, call_id=request.call_id).exists():
+        return
+    result, size, digest = _stored_result(response)
+    chain.append(
+        kind=Kind.CALL_OUTCOME,
+        outcome="error" if "error" in response or _is_error(response) else "ok",
+        result=result,
+        result_size=size,
+        result_digest=digest,
+        latency_ms=round((now() - request.created_at).total_seconds() * 1000, 3),
+        details={"delivered_on": "resumed stream"},
+        **{name: getattr(request, name) for name in COPIED_FIELDS},
+    )
+
+
+def _is_error(response: dict[str, Any]) -> bool:
+    result = response.get("result")
+    return isinstance(result, dict) and result.get("isError") is True
+
+
+_resumed = sync_to_async(_record_resumed_outcome, thread_sensitive=False)
+
+
+async def record_resumed_outcome(session: str, request_id: Any, response: dict[str, Any]) -> None:
+    """The answer to a call whose stream the upstream closed, arriving on the resumed
+    (GET) stream: it closes the call's record."""
+    try:
+        await _resumed(session, json.dumps(request_id)[:200], response)
+    except Exception:
+        log.exception("could not record a resumed call's outcome; the reconciler will close it")

@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 from django.conf import settings
 from django.http.request import split_domain_port, validate_host
 
+from audit import recorder
+
 from . import jsonrpc, pipeline, protocol, sse, store
 from .auth import Identity, authenticate
 from .jsonrpc import InvalidMessage, Message
@@ -420,6 +422,10 @@ class Handler:
                     if event.id is not None or event.retry is not None:
                         await exchange.send_event(event)
                     continue
+                if message.is_response:
+                    await recorder.record_resumed_outcome(
+                        session.key_digest, message.id, message.payload
+                    )
                 payload = self._to_agent(message)
                 await exchange.send_event(
                     sse.Event(data=jsonrpc.dumps(payload).decode(), id=event.id)
