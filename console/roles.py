@@ -31,7 +31,9 @@ def has_role(user: Any, *roles: str) -> bool:
     return bool(user_roles(user) & set(roles))
 
 
-def role_required(*roles: str) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
+def role_required(
+    *roles: str,
+) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
     """A view for people holding one of `roles`; others get 403, anonymous users the login."""
 
     def decorator(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
