@@ -15,18 +15,21 @@ from .models import Kind
 
 if TYPE_CHECKING:
     from gateway.pipeline import Call
+    from masking.engine import Masker, Report
 
 log = logging.getLogger(__name__)
 
 OUTCOME_RETRIES = 5
 
 
-def redact(value: Any) -> Any:
-    """What the audit trail stores of an argument or result value.
+def redact(value: Any, masker: "Masker | None", report: "Report | None" = None) -> Any:
+    """What the audit trail stores of an argument or result value: always masked, with
+    every rule in scope, including rules that let a value through to the agent."""
+    if value is None or masker is None or masker.empty:
+        return value
+    from masking.engine import Report
 
-    The masking engine replaces this, so that stored values are always masked.
-    """
-    return value
+    return masker.mask_json(value, report if report is not None else Report())
 
 
 def _arguments(call: "Call") -> Any:
@@ -56,19 +59,29 @@ def _caller(call: "Call") -> dict[str, Any]:
     }
 
 
-def _stored_result(response: dict[str, Any] | None) -> tuple[Any, int | None, str]:
+def _stored_result(
+    response: dict[str, Any] | None, masker: "Masker | None", report: "Report | None" = None
+) -> tuple[Any, int | None, str]:
     """The result as stored: masked, and cut above AUDIT_MAX_RESULT_BYTES with its size
     and digest kept."""
     if response is None:
         return None, None, ""
     value = response.get("result") if "result" in response else {"error": response.get("error")}
-    value = storable(redact(value))
+    value = storable(redact(value, masker, report))
     data = canonical(value)
     limit = settings.AUDIT["MAX_RESULT_BYTES"]
     if len(data) <= limit:
         return value, len(data), sha256_hex(data)
     preview = data[:limit].decode("utf-8", errors="ignore")
     return {"truncated": True, "preview": preview}, len(data), sha256_hex(data)
+
+
+def _masking_summary(call: "Call") -> dict[str, Any] | None:
+    """Which rules fired and how many values were masked, for the agent and for the
+    record (never the values)."""
+    if not call.audit_report.total and not call.agent_report.total:
+        return None
+    return {**call.audit_report.as_dict(), "to_agent": call.agent_report.as_dict()}
 
 
 _append = sync_to_async(chain.append, thread_sensitive=False)
@@ -78,7 +91,7 @@ async def record_request(call: "Call") -> None:
     call.call_id = uuid.uuid4()
     await _append(
         kind=Kind.CALL_REQUEST,
-        arguments=redact(_arguments(call)),
+        arguments=redact(_arguments(call), call.audit_masker, call.audit_report),
         **_caller(call),
     )
 
@@ -87,10 +100,10 @@ async def record_outcome(call: "Call", outcome: str, response: dict[str, Any] | 
     if call.call_id is None:
         # Refused before its request was recorded (for example denied): one record.
         call.call_id = uuid.uuid4()
-        arguments = redact(_arguments(call))
+        arguments = redact(_arguments(call), call.audit_masker, call.audit_report)
     else:
         arguments = None
-    result, size, digest = _stored_result(response)
+    result, size, digest = _stored_result(response, call.audit_masker, call.audit_report)
     fields = {
         "kind": Kind.CALL_OUTCOME,
         "arguments": arguments,
@@ -99,6 +112,8 @@ async def record_outcome(call: "Call", outcome: str, response: dict[str, Any] | 
         "result_digest": digest,
         "outcome": outcome,
         "latency_ms": round(call.latency_ms, 3),
+        "masking": _masking_summary(call),
+        "approval_id": call.approval_id,
         **_caller(call),
     }
     # The call already happened: keep trying for a while rather than lose its outcome.
@@ -117,7 +132,11 @@ async def record_outcome(call: "Call", outcome: str, response: dict[str, Any] | 
 async def record_message(call: "Call") -> None:
     """A notification or a response from the agent (e.g. an answer to an elicitation)."""
     call.call_id = None
-    await _append(kind=Kind.MESSAGE, arguments=redact(call.message.params or None), **_caller(call))
+    await _append(
+        kind=Kind.MESSAGE,
+        arguments=redact(call.message.params or None, call.audit_masker),
+        **_caller(call),
+    )
 
 
 def _record_resumed_outcome(session: str, request_id: str, response: dict[str, Any]) -> None:
@@ -135,8 +154,18 @@ def _record_resumed_outcome(session: str, request_id: str, response: dict[str, A
         return
     if AuditRecord.objects.filter(kind=Kind.CALL_OUTCOME, call_id=request.call_id).exists():
         return
-    result, size, digest = _stored_result(response)
+    from gateway.models import Connection
+    from masking.engine import Report
+    from masking.service import AUDIT, masker_for
+
+    connection_id = (
+        Connection.objects.filter(slug=request.connection).values_list("pk", flat=True).first()
+    )
+    report = Report()
+    masker = masker_for(connection_id, request.target or None, AUDIT)
+    result, size, digest = _stored_result(response, masker, report)
     chain.append(
+        masking=report.as_dict() if report.total else None,
         kind=Kind.CALL_OUTCOME,
         outcome="error" if "error" in response or _is_error(response) else "ok",
         result=result,

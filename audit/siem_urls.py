@@ -1,4 +1,8 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
+
+from . import siem_views
 
 app_name = "siem"
-urlpatterns: list = []
+urlpatterns = [
+    path("", siem_views.sinks, name="sinks"),
+]

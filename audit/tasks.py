@@ -1,9 +1,10 @@
 """Periodic audit work (Celery beat in production; see mcpgw/periodic.py when embedded)."""
 
 from celery import shared_task
+from django.db import InterfaceError, OperationalError
 
-from . import checkpoints
-from .models import AuditHead
+from . import checkpoints, siem
+from .models import AuditHead, SiemSink
 from .reconcile import close_open_calls
 
 
@@ -26,3 +27,23 @@ def checkpoint() -> int | None:
 @shared_task
 def reconcile() -> int:
     return close_open_calls()
+
+
+@shared_task
+def forward_to_sinks() -> int:
+    """Queue a forwarding run for every enabled SIEM sink whose backoff has passed."""
+    due = list(SiemSink.objects.due().values_list("pk", flat=True))
+    for sink_id in due:
+        forward_to_sink.delay(sink_id)
+    return len(due)
+
+
+# Receiver errors are the sink's own backoff (kept in the database); only the database
+# itself going away is retried here.
+@shared_task(
+    autoretry_for=(OperationalError, InterfaceError),
+    retry_backoff=True,
+    max_retries=5,
+)
+def forward_to_sink(sink_id: int) -> int:
+    return siem.forward(sink_id).sent

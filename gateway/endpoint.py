@@ -16,10 +16,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http.request import split_domain_port, validate_host
 
 from audit import recorder
+from masking import service as masking
+from masking.engine import Masker, Report
 
 from . import jsonrpc, pipeline, protocol, sse, store
 from .auth import Identity, authenticate
@@ -51,6 +54,31 @@ RELAYED_ID_PREFIX = "mgw-"
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+_stream_masker = sync_to_async(
+    lambda connection_id: masking.masker_for(connection_id, None, masking.AGENT),
+    thread_sensitive=False,
+)
+
+
+KEEPALIVE_SECONDS = 10.0
+
+
+def _refusal_text(approval_id: int, status: str) -> str:
+    from approvals.models import Approval
+
+    approval = Approval.objects.select_related("decided_by").filter(pk=approval_id).first()
+    if status == "denied" and approval is not None:
+        who = approval.decided_by.get_username() if approval.decided_by else "an approver"
+        reason = f": {approval.reason}" if approval.reason else ""
+        return f"Denied by {who}{reason}"
+    if status == "expired":
+        return f"The approval request #{approval_id} expired before anyone decided"
+    return f"The approval #{approval_id} was already used by another call"
+
+
+_refusal = sync_to_async(_refusal_text, thread_sensitive=False)
 
 
 class BodyTooLarge(Exception):
@@ -138,6 +166,8 @@ class Exchange:
         await self.respond_json(status, jsonrpc.error(id, code, message), headers)
 
     async def start_stream(self, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        if self.started:
+            return
         await self._send(
             {
                 "type": "http.response.start",
@@ -151,6 +181,13 @@ class Exchange:
         await self._send(
             {"type": "http.response.body", "body": sse.encode(event), "more_body": True}
         )
+
+    async def send_comment(self, text: str) -> None:
+        line = f": {text}\n\n".encode()
+        await self._send({"type": "http.response.body", "body": line, "more_body": True})
+
+    async def send_json_event(self, payload: object) -> None:
+        await self.send_event(sse.Event(data=jsonrpc.dumps(payload).decode()))
 
     async def end_stream(self) -> None:
         if not self.finished:
@@ -272,6 +309,11 @@ async def _handle(exchange: Exchange) -> None:
     if not connection.enabled:
         await exchange.respond_error(
             503, jsonrpc.CONNECTION_DISABLED, f"The connection {slug!r} is disabled by an admin"
+        )
+        return
+    if not await pipeline.may_use(identity, connection):
+        await exchange.respond_error(
+            403, jsonrpc.INVALID_REQUEST, f"Forbidden: you have no grant for {slug!r}"
         )
         return
     upstream = upstream_for(
@@ -415,6 +457,8 @@ class Handler:
             )
             return
 
+        stream_masker = await _stream_masker(self.connection.id)
+
         async def relay() -> None:
             await exchange.start_stream()
             async for event, message in reply.events():
@@ -426,7 +470,7 @@ class Handler:
                     await recorder.record_resumed_outcome(
                         session.key_digest, message.id, message.payload
                     )
-                payload = self._to_agent(message)
+                payload = await self._to_agent(message, masker=stream_masker)
                 await exchange.send_event(
                     sse.Event(data=jsonrpc.dumps(payload).decode(), id=event.id)
                 )
@@ -523,7 +567,7 @@ class Handler:
         )
         call.session_digest = digest(key)
         response = {"jsonrpc": "2.0", "id": message.id, "result": result}
-        response = pipeline.mask(call, response)
+        response = await pipeline.mask(call, response)
         await self.exchange.respond_json(200, response, [(b"mcp-session-id", key.encode())])
         await pipeline.record_outcome(call, Outcome.OK, response)
 
@@ -777,10 +821,13 @@ class Handler:
 
     async def _admit(self, call: Call) -> bool:
         """Policy, then the write-ahead audit record. False when the call must not go on."""
+        await pipeline.prepare(call)
         decision, reason = await pipeline.decide(call)
         if decision is Decision.DENY:
             response = jsonrpc.error(
-                call.message.id, jsonrpc.INVALID_REQUEST, reason or "Denied by gateway policy"
+                call.message.id,
+                jsonrpc.DENIED_BY_POLICY,
+                f"Denied by gateway policy: {reason}" if reason else "Denied by gateway policy",
             )
             await self.exchange.respond_json(200, response)
             await pipeline.record_outcome(call, Outcome.DENIED, response)
@@ -796,10 +843,102 @@ class Handler:
                 call.message.id,
             )
             return False
+        if decision is Decision.HOLD:
+            return await self._hold(call)
         return True
+
+    async def _hold(self, call: Call) -> bool:
+        """A held call waits, its stream kept alive, until an approver decides or the hold
+        time ends. True when it may go upstream."""
+        if await pipeline.reuse_approval(call):
+            return True
+        exchange = self.exchange
+        try:
+            approval_id = await pipeline.hold(call)
+        except Exception:
+            log.exception("could not create an approval request")
+            response = jsonrpc.error(
+                call.message.id,
+                jsonrpc.APPROVAL_UNAVAILABLE,
+                "This call needs approval, but the request could not be created; try again",
+            )
+            await exchange.respond_json(503, response)
+            await pipeline.record_outcome(call, Outcome.ERROR, response)
+            return False
+        await exchange.start_stream()
+        meta = call.message.params.get("_meta")
+        progress_token = meta.get("progressToken") if isinstance(meta, dict) else None
+        statuses: list[str] = []
+
+        async def wait() -> None:
+            waiter = asyncio.ensure_future(
+                pipeline.await_decision(call, approval_id, settings.APPROVALS["HOLD_SECONDS"])
+            )
+            waited = 0.0
+            try:
+                while True:
+                    done, _ = await asyncio.wait({waiter}, timeout=KEEPALIVE_SECONDS)
+                    if done:
+                        statuses.append(waiter.result())
+                        return
+                    waited += KEEPALIVE_SECONDS
+                    await exchange.send_comment(f"waiting for approval {approval_id}")
+                    if progress_token is not None:
+                        await exchange.send_json_event(
+                            {
+                                "jsonrpc": "2.0",
+                                "method": "notifications/progress",
+                                "params": {
+                                    "progressToken": progress_token,
+                                    "progress": waited,
+                                    "message": f"Waiting for approval (request #{approval_id})",
+                                },
+                            }
+                        )
+            finally:
+                waiter.cancel()
+
+        if await self._until_disconnect(wait()):
+            await pipeline.record_outcome(call, Outcome.CLIENT_DISCONNECTED, None)
+            return False
+        status = statuses[0]
+        if status == "approved":
+            return True
+        if status == "pending":
+            response: dict[str, Any] = {
+                "jsonrpc": "2.0",
+                "id": call.message.id,
+                "result": {
+                    "content": [
+                        {
+                            "type": "text",
+                            "text": (
+                                f"This call needs a person's approval (request #{approval_id}, "
+                                f"{_base_url(exchange)}/approvals/#approval-{approval_id}) "
+                                "and none has decided yet. Retry the identical call later: "
+                                "once approved, it goes through."
+                            ),
+                        }
+                    ],
+                    "isError": True,
+                },
+            }
+            outcome = Outcome.TIMEOUT
+        else:
+            response = jsonrpc.error(
+                call.message.id,
+                jsonrpc.DENIED_BY_POLICY,
+                await _refusal(approval_id, status),
+            )
+            outcome = Outcome.EXPIRED if status == "expired" else Outcome.DENIED
+        await exchange.send_json_event(response)
+        await exchange.end_stream()
+        await pipeline.record_outcome(call, outcome, response)
+        return False
 
     async def _record_message(self, call: Call) -> bool:
         try:
+            await pipeline.prepare(call)
             await pipeline.record_message(call)
         except Exception:
             log.exception("audit write failed; refusing the message")
@@ -817,7 +956,7 @@ class Handler:
         await self.exchange.respond_json(200, response)
         await pipeline.record_outcome(call, outcome, response)
 
-    def _to_agent(
+    async def _to_agent(
         self,
         message: Message,
         call: Call | None = None,
@@ -825,6 +964,8 @@ class Handler:
         final: bool = False,
         legacy_agent: bool = False,
         modern_agent: bool = False,
+        size_hint: int = 0,
+        masker: Masker | None = None,
     ) -> dict[str, Any]:
         """An upstream message as the agent must see it, masked."""
         payload = message.payload
@@ -832,6 +973,8 @@ class Handler:
             payload = {**payload, "id": _relayed_id(message.id)}
         elif final and call is not None:
             payload = {**payload, "id": call.message.id}
+            if call.message.method == "tools/list" and "result" in payload:
+                payload = await pipeline.filter_tool_list(call, payload)
             result = payload.get("result")
             if isinstance(result, dict):
                 if legacy_agent:
@@ -839,7 +982,9 @@ class Handler:
                 elif modern_agent:
                     payload["result"] = protocol.modern_result(call.message.method or "", result)
         if call is not None:
-            return pipeline.mask(call, payload)
+            return await pipeline.mask(call, payload, size_hint)
+        if masker is not None and not masker.empty:
+            return masking.mask_payload(masker, payload, Report())
         return payload
 
     async def _until_disconnect(self, work: Awaitable[None]) -> bool:
@@ -871,6 +1016,8 @@ class Handler:
         """Send the request upstream and relay what comes back, as it comes."""
         exchange = self.exchange
         expected_id = upstream_request_id if upstream_request_id is not None else call.message.id
+        # The final response as the upstream sent it: the audit trail masks it itself,
+        # with every rule in scope.
         final: list[dict[str, Any]] = []
         translation = {"legacy_agent": legacy_agent, "modern_agent": modern_agent}
         resumable: list[str | None] = []
@@ -888,11 +1035,19 @@ class Handler:
                         )
                     # A JSON reply is the answer to this request, whatever its id says
                     # (an upstream's HTTP-level rejection carries id null).
-                    payload = self._to_agent(
-                        message, call, final=message.is_response, **translation
+                    payload = await self._to_agent(
+                        message,
+                        call,
+                        final=message.is_response,
+                        size_hint=reply.size,
+                        **translation,
                     )
-                    final.append(payload)
-                    await exchange.respond_json(reply.status, payload)
+                    final.append(message.payload)
+                    if exchange.started:  # a held call's stream is already open
+                        await exchange.send_json_event(payload)
+                        await exchange.end_stream()
+                    else:
+                        await exchange.respond_json(reply.status, payload)
                     return
                 await exchange.start_stream()
                 async for event, message in reply.events():
@@ -906,12 +1061,18 @@ class Handler:
                     if event.id is not None:
                         resumable.append(event.id)
                     is_final = message.is_response and message.id == expected_id
-                    payload = self._to_agent(message, call, final=is_final, **translation)
+                    payload = await self._to_agent(
+                        message,
+                        call,
+                        final=is_final,
+                        size_hint=len(event.data),
+                        **translation,
+                    )
                     await exchange.send_event(
                         sse.Event(data=jsonrpc.dumps(payload).decode(), id=event.id)
                     )
                     if is_final:
-                        final.append(payload)
+                        final.append(message.payload)
                         break
                 if not final and resumable:
                     # The upstream closed the stream mid-call, as it may when it supports

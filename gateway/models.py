@@ -51,6 +51,8 @@ class Connection(models.Model):
     # The upstream's protocol era, detected on first use and re-detected after a failure.
     era = models.CharField(max_length=10, choices=Era.choices, default=Era.UNKNOWN, blank=True)
     era_detected_at = models.DateTimeField(null=True, blank=True)
+    # Set when an admin first approves the tool list: from then on tools are pinned.
+    tools_pinned_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=now)
     updated_at = models.DateTimeField(default=now)
 
@@ -165,3 +167,52 @@ class DownstreamSession(models.Model):
 
     def __str__(self) -> str:
         return f"session {self.key_digest[:12]} on {self.connection_id}"
+
+
+class ToolState(models.TextChoices):
+    APPROVED = "approved", "approved"
+    NEW = "new", "new, not yet approved"
+    CHANGED = "changed", "changed since approved"
+
+
+class ToolDefinition(models.Model):
+    """A tool as the upstream describes it, pinned against silent changes ("rug pulls").
+
+    Once an admin has approved a connection's tool list (`Connection.tools_pinned_at`),
+    a tool is offered to agents only while the upstream's definition has the approved
+    digest; a new or changed tool is hidden and refused until an admin accepts it.
+    """
+
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="tools")
+    name = models.CharField(max_length=200)
+    # What the upstream said last time the gateway saw its tool list.
+    observed = models.JSONField()
+    observed_digest = models.CharField(max_length=64)
+    observed_at = models.DateTimeField(default=now)
+    # What an admin accepted (empty until then).
+    approved = models.JSONField(null=True, blank=True)
+    approved_digest = models.CharField(max_length=64, blank=True)
+    approved_at = models.DateTimeField(null=True, blank=True)
+    approved_by = models.CharField(max_length=150, blank=True)
+
+    class Meta:
+        ordering = ["connection", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["connection", "name"], name="one_definition_per_tool")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.connection_id}:{self.name}"
+
+    @property
+    def state(self) -> ToolState:
+        if not self.approved_digest:
+            return ToolState.NEW
+        if self.approved_digest != self.observed_digest:
+            return ToolState.CHANGED
+        return ToolState.APPROVED
+
+    @property
+    def annotations(self) -> dict[str, object]:
+        value = self.observed.get("annotations") if isinstance(self.observed, dict) else None
+        return value if isinstance(value, dict) else {}

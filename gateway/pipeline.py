@@ -7,14 +7,24 @@ here are the places where policy, approvals, audit and masking plug in: each tra
 calls them in the same order, so every transport gets the same behaviour.
 """
 
+import asyncio
 import enum
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from audit import recorder
+from asgiref.sync import sync_to_async
 
+from approvals import actions as approval_actions
+from approvals import policy
+from approvals.models import digest_arguments
+from approvals.waiting import wait_for_decision
+from audit import recorder
+from masking import service as masking
+from masking.engine import Masker, Report
+
+from . import catalog
 from .auth import Identity
 from .jsonrpc import Message
 
@@ -61,15 +71,115 @@ class Call:
     started: float = field(default_factory=time.monotonic)
     outcome: Outcome | None = None
     call_id: uuid.UUID | None = None
+    agent_masker: Masker | None = None
+    audit_masker: Masker | None = None
+    # What masking did, for the audit record (rule names and counts, never values).
+    agent_report: Report = field(default_factory=Report)
+    audit_report: Report = field(default_factory=Report)
+    # The approval that let a held call through.
+    approval_id: int | None = None
 
     @property
     def latency_ms(self) -> float:
         return (time.monotonic() - self.started) * 1000
 
 
+_may_use = sync_to_async(policy.may_use, thread_sensitive=False)
+_evaluate = sync_to_async(policy.evaluate, thread_sensitive=False)
+_visible = sync_to_async(policy.visible_tools, thread_sensitive=False)
+_catalog = sync_to_async(catalog.view, thread_sensitive=False)
+_observe = sync_to_async(catalog.observe, thread_sensitive=False)
+_reusable = sync_to_async(approval_actions.reusable_approval, thread_sensitive=False)
+_consume = sync_to_async(approval_actions.consume, thread_sensitive=False)
+_request_approval = sync_to_async(approval_actions.request_approval, thread_sensitive=False)
+
+
+async def may_use(identity: Identity, connection: ConnectionInfo) -> bool:
+    """Grants: whether the caller may use the connection at all."""
+    return await _may_use(connection.id, identity.user_id, identity.token_id)
+
+
 async def decide(call: Call) -> tuple[Decision, str]:
-    """Policy: whether the call may go upstream, and why not if it may not."""
-    return Decision.ALLOW, ""
+    """Policy: whether the call may go upstream, and why not if it may not.
+
+    Only tools/call is subject to policy; tools/list is filtered to match (see
+    filter_tool_list). A pinned connection refuses tools that are new or changed since
+    an admin approved them, whatever the rules say.
+    """
+    tool = call.message.target_name
+    if call.message.method != "tools/call" or tool is None:
+        return Decision.ALLOW, ""
+    view = await _catalog(call.connection.id)
+    allowed, reason = view.allows(tool)
+    if not allowed:
+        return Decision.DENY, reason
+    decision = await _evaluate(
+        call.connection.id, call.identity.user_id, tool, view.annotations(tool)
+    )
+    return Decision(decision.action), decision.reason
+
+
+def arguments_digest(call: Call) -> str:
+    return digest_arguments(call.message.params.get("arguments"))
+
+
+async def reuse_approval(call: Call) -> bool:
+    """The identical retry of a call whose approval came after it timed out uses it once."""
+    approval = await _reusable(
+        connection_id=call.connection.id,
+        token_id=call.identity.token_id,
+        tool=call.message.target_name or "",
+        arguments_digest=arguments_digest(call),
+    )
+    if approval is not None and await _consume(approval.pk):
+        call.approval_id = approval.pk
+        return True
+    return False
+
+
+async def hold(call: Call) -> int:
+    """Create the approval request for a held call; returns its id."""
+    arguments = call.message.params.get("arguments")
+    masked = recorder.redact(arguments, call.audit_masker)
+    approval = await _request_approval(
+        connection_id=call.connection.id,
+        tool=call.message.target_name or "",
+        arguments=masked,
+        arguments_digest=arguments_digest(call),
+        user_id=call.identity.user_id,
+        token_id=call.identity.token_id,
+        run_label=call.identity.run_label,
+        call_id=str(call.call_id),
+    )
+    return approval.pk
+
+
+async def await_decision(call: Call, approval_id: int, hold_seconds: float) -> str:
+    status = await wait_for_decision(approval_id, hold_seconds)
+    if status == "approved" and await _consume(approval_id):
+        call.approval_id = approval_id
+    elif status == "approved":
+        # Another call (an identical retry) used the approval first.
+        status = "used"
+    return status
+
+
+async def filter_tool_list(call: Call, payload: dict[str, Any]) -> dict[str, Any]:
+    """tools/list as this caller may see it: pinned tools only, denied tools left out.
+
+    The stored catalog learns every definition the upstream offers, new or changed."""
+    result = payload.get("result")
+    tools = result.get("tools") if isinstance(result, dict) else None
+    if not isinstance(tools, list):
+        return payload
+    view = await _observe(call.connection.id, tools)
+    offered = [t for t in tools if isinstance(t, dict) and view.allows(str(t.get("name")))[0]]
+    visible = await _visible(call.connection.id, call.identity.user_id, offered)
+    filtered = {**result, "tools": visible}
+    if call.era == "modern":
+        # What one caller sees depends on policy: never cache it for another.
+        filtered["cacheScope"] = "private"
+    return {**payload, "result": filtered}
 
 
 async def record_request(call: Call) -> None:
@@ -85,9 +195,42 @@ async def record_message(call: Call) -> None:
     await recorder.record_message(call)
 
 
-def mask(call: Call, payload: dict[str, Any]) -> dict[str, Any]:
+_maskers = sync_to_async(
+    lambda connection_id, tool: (
+        masking.masker_for(connection_id, tool, masking.AGENT),
+        masking.masker_for(connection_id, tool, masking.AUDIT),
+    ),
+    thread_sensitive=False,
+)
+
+# Masking a result this large runs in a worker thread so it cannot stall the event loop.
+OFFLOAD_BYTES = 128 * 1024
+
+
+async def prepare(call: Call) -> None:
+    """Load the masking rules in scope for the call (cached; a query every few seconds)."""
+    call.agent_masker, call.audit_masker = await _maskers(
+        call.connection.id, call.message.target_name
+    )
+
+
+async def mask(call: Call, payload: dict[str, Any], size_hint: int = 0) -> dict[str, Any]:
     """Masking of what flows back to the agent (results, notifications, requests)."""
-    return payload
+    masker = call.agent_masker
+    if call.message.method == "tools/list" and isinstance(payload.get("result"), dict):
+        masking.remember_output_schemas(call.connection.id, payload["result"])
+    if masker is None or masker.empty:
+        return payload
+    schema = (
+        masking.output_schema(call.connection.id, call.message.target_name)
+        if call.message.method == "tools/call"
+        else None
+    )
+    if size_hint > OFFLOAD_BYTES:
+        return await asyncio.to_thread(
+            masking.mask_payload, masker, payload, call.agent_report, schema
+        )
+    return masking.mask_payload(masker, payload, call.agent_report, schema)
 
 
 async def record_outcome(call: Call, outcome: Outcome, response: dict[str, Any] | None) -> None:

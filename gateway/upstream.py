@@ -49,6 +49,7 @@ class Reply:
 
     response: httpx.Response
     name: str
+    size: int = 0
 
     @property
     def status(self) -> int:
@@ -65,6 +66,7 @@ class Reply:
     async def read_message(self) -> Message | None:
         """The single JSON-RPC message of a JSON reply (None for an empty 202)."""
         body = await self._read()
+        self.size = len(body)
         if not body.strip():
             return None
         try:

@@ -10,9 +10,12 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mcpgw.settings")
 django_asgi_app = get_asgi_application()
 
-from channels.routing import ProtocolTypeRouter  # noqa: E402
+from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
+import approvals.routing  # noqa: E402
 from gateway.endpoint import mcp_app  # noqa: E402
 from mcpgw import periodic  # noqa: E402
 
@@ -28,4 +31,11 @@ async def http_app(scope, receive, send):  # type: ignore[no-untyped-def]
         await console_app(scope, receive, send)
 
 
-application = ProtocolTypeRouter({"http": http_app})
+application = ProtocolTypeRouter(
+    {
+        "http": http_app,
+        "websocket": AllowedHostsOriginValidator(
+            AuthMiddlewareStack(URLRouter(approvals.routing.websocket_urlpatterns))
+        ),
+    }
+)

@@ -127,6 +127,7 @@ INSTALLED_APPS = [
     "channels",
     "rest_framework",
     "gateway",
+    "masking",
     "console",
     "approvals",
     "audit",
@@ -267,6 +268,30 @@ AUDIT = {
     "MAX_RESULT_BYTES": env_int("AUDIT_MAX_RESULT_BYTES", 64 * 1024, minimum=256),
     # Calls without an outcome this long after their request are closed as "unknown".
     "RECONCILE_AFTER_SECONDS": env_int("AUDIT_RECONCILE_AFTER_SECONDS", 900, minimum=1),
+    # Seconds between runs that ship new records to the SIEM sinks (manage.py audit_sink).
+    "SIEM_INTERVAL": env_int("AUDIT_SIEM_INTERVAL", 5, minimum=1),
+}
+
+MASKING = {
+    # Key for hash-token replacements; without it one is derived from SECRET_KEY.
+    "HASH_KEY": env_secret("MASKING_HASH_KEY"),
+}
+
+# Held calls: how long an agent's request waits for a decision, how long the request
+# stays decidable, and where approvers are notified.
+APPROVALS = {
+    # Under the 60 s default timeout of common MCP clients.
+    "HOLD_SECONDS": env_float("APPROVALS_HOLD_SECONDS", 50.0, minimum=0.0),
+    "EXPIRE_SECONDS": env_int("APPROVALS_EXPIRE_SECONDS", 3600, minimum=1),
+    # Waiting calls also check the database this often, in case a signal was lost.
+    "FALLBACK_POLL_SECONDS": env_float("APPROVALS_FALLBACK_POLL_SECONDS", 2.0, minimum=0.05),
+    # Generic webhook: JSON, signed with HMAC-SHA256 in X-Approval-Signature.
+    "WEBHOOK_URL": env_str("APPROVALS_WEBHOOK_URL"),
+    "WEBHOOK_SECRET": env_secret("APPROVALS_WEBHOOK_SECRET"),
+    # A Slack-compatible incoming webhook; its URL is a credential.
+    "SLACK_WEBHOOK_URL": env_secret("APPROVALS_SLACK_WEBHOOK_URL"),
+    # Addresses mailed through Django's email backend.
+    "EMAIL_TO": env_list("APPROVALS_EMAIL_TO", []),
 }
 
 CELERY_BEAT_SCHEDULE = {
@@ -275,6 +300,13 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": AUDIT["CHECKPOINT_MINUTES"] * 60.0,
     },
     "audit-reconcile": {"task": "audit.tasks.reconcile", "schedule": 300.0},
+    "approvals-sweep": {"task": "approvals.tasks.sweep", "schedule": 30.0},
+    "audit-siem": {
+        "task": "audit.tasks.forward_to_sinks",
+        "schedule": float(AUDIT["SIEM_INTERVAL"]),
+        # Runs missed while no worker was up are not worth doing late: the next one is.
+        "options": {"expires": float(AUDIT["SIEM_INTERVAL"])},
+    },
 }
 
 LOGGING = {

@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from approvals import api as approvals_api
 from console import views as console_views
 from gateway import views as gateway_views
 
@@ -18,5 +19,14 @@ urlpatterns = [
     path("audit/", include("audit.urls")),
     path("audit/sinks/", include("audit.siem_urls")),
     path("api/audit/", include("audit.api_urls")),
+    path("masking/", include("masking.urls")),
+    path("api/masking-rules/", include("masking.api_urls")),
+    path("approvals/", include("approvals.urls")),
+    path("api/approvals/", include("approvals.api_urls")),
+    path(
+        "api/connections/<slug:slug>/policy",
+        approvals_api.connection_policy,
+        name="connection-policy-api",
+    ),
     path("admin/", admin.site.urls),
 ]

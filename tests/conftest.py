@@ -194,6 +194,17 @@ def _allow_flushing_the_audit_trail(request: pytest.FixtureRequest) -> Iterator[
 
 
 @pytest.fixture
+def masking_defaults(db: None) -> None:
+    """The default masking rules (a migration creates them; transactional tests flush them)."""
+    from masking.defaults import install_defaults
+    from masking.models import MaskingRule
+    from masking.service import invalidate
+
+    install_defaults(MaskingRule)
+    invalidate()
+
+
+@pytest.fixture
 def alice(transactional_db: None):  # type: ignore[no-untyped-def]
     """alice: an admin."""
     return get_user_model().objects.create_superuser("alice", "alice@example.com", "pw-alice-1")

@@ -1,0 +1,1166 @@
+"""Built-in detectors for sensitive values in text, and `scan`, which runs a set of them.
+
+This runs on every tool result on the data path, so each detector is built to be cheap on
+text that holds nothing for it. `re` is fast at finding a literal and slow at stepping
+through a character class, so detectors look for literals: `"@"`, `"-----BEGIN "`, token
+prefixes, and, for the digit-based entities, multi-character literals such as `0000` in a
+"shape" of the text (every digit mapped to 0 and every capital to A, one byte a character,
+made once per text with `bytes.translate` and shared by the detectors through `scan`).
+Full patterns run only where an anchor was found. Every pattern is linear: quantifiers are
+bounded and repeated groups are separated by mandatory delimiters, so no input makes them
+backtrack catastrophically.
+
+What each detector counts (a finding's span is exactly the sensitive value):
+
+- email: local@domain.tld with an alphabetic TLD; not `@handles`, `pkg@1.2.3`,
+  `user@localhost`, `icon@2x.png` (TLDs that are file extensions), nor the userinfo of a URL
+  (`ssh://git@host`, `postgres://user:pw@host`, where secret_assignment takes the password).
+- phone: a candidate must be written as a phone number: `+` and a country code
+  (`+44 20 7946 0958`, `+14155552671`, `+1 (415) 555-2671`, `+44 (0)20 ...`), or a national
+  number with separators: NANP grouped 3-3-4 or 1-3-3-4 (`(415) 555-2671`, `415.555.2671`,
+  `1-800-555-0199`), or with a trunk 0 (`020 7946 0958`, `06 12 34 56 78`), tried in
+  `national_regions`. It must then be a valid number of its numbering plan, checked with the
+  patterns of `phonenumbers`' metadata (what `phonenumbers.is_valid_number` checks, without
+  its tens of microseconds of parsing). A bare digit run (`4155552671`) counts only after a
+  word such as "phone", "tel" or "mobile"; elsewhere it is as likely an order number or an
+  epoch time. Dates, times, IPs, versions, ZIP+4, SSN-shaped and card-shaped runs and the
+  digits ending an IBAN never count. The span includes `+`, parentheses and an extension
+  (`ext. 23`, `x23`).
+- payment_card: 13-19 digits compact, or 12-19 in groups separated by one consistent space
+  or dash (4-4-4[-4][-3], Amex/Diners 4-6-5/4-6-4), not part of a longer run of digits; the
+  Luhn checksum must hold and the prefix and length must belong to a card scheme. A compact
+  12-digit run counts only after a word such as "card" or "pan": elsewhere it is far more
+  often an AWS account id or an order number (a tenth of which pass Luhn) than a 12-digit
+  Maestro card. Digits that end a grouped account number (`IE29 AIBK 9311 5212 3456 78`)
+  do not count.
+- iban: country code, check digits and BBAN, compact or in groups of four separated by
+  single spaces, upper case; the length must match the country and mod-97 must be 1.
+- us_ssn: ddd-dd-dddd or ddd dd dddd with a valid area (not 000, 666, 900-999), group
+  (not 00) and serial (not 0000), minus the well-known invalid numbers. A bare 9-digit run
+  counts only after "SSN" or "social security"; elsewhere it is as likely a routing or
+  order number.
+- ip_address: IPv4 as four decimal octets (no leading zeros) that is not part of a longer
+  dotted run (OIDs), not glued to a word (`v1.2.3.4`), not after "version"/"release"/"build"
+  and not followed by a pre-release suffix (`1.2.3.4-beta`, `+build`); IPv6 as validated
+  by `ipaddress` (full, compressed, embedded IPv4, zone id), containing at least one digit
+  so that `Add::add` and `dead::beef` in code do not count. Ports and CIDR suffixes are not
+  part of the span. Not sensitive and so not flagged: unspecified (0.0.0.0, ::), loopback
+  (127.0.0.0/8, ::1) and netmasks/broadcast (255.x.x.x).
+- aws_access_key: AKIA/ASIA/ABIA/ACCA + 16 upper-case letters or digits.
+- aws_secret_key: 40 base64 characters with upper, lower and a digit/`+`/`/`, not hex,
+  within 100 characters after "aws" or "secret access key"/"secret_key", or within 300
+  characters of an access key id. Without such context a 40-character string is anything.
+- github_token (ghp_/gho_/ghu_/ghs_/ghr_, github_pat_), gitlab_token (glpat- and the other
+  gl*- prefixes, runner registration GR1348941), slack_token (xox?-, xapp-), stripe_key
+  (sk_/rk_ live/test, whsec_; publishable pk_ keys are public by design): the prefix,
+  a length range, and enough distinct characters to rule out `ghp_xxxxxxxx` placeholders.
+  GitHub's token checksum is not publicly specified, so it is not checked.
+- jwt: three base64url segments, header and payload starting with `eyJ`; the header must
+  decode to a JSON object with "alg". JWE (five segments) does not count.
+- private_key: the whole PEM block from `-----BEGIN ... PRIVATE KEY-----` to its END line
+  (also with the `\\n` escapes of JSON text); without an END line, the header and the
+  base64 that follows. Public keys and certificates do not count.
+- bearer_token: the token after "Bearer " (12+ token68 characters with a digit), not
+  `Bearer realm=...`, `Bearer <token>` or `Bearer $TOKEN`.
+- secret_assignment: the value in `key=value`, `key: value`, `"key": "value"`,
+  `key => value`, `<key>value</key>` where the key ends in password/passwd/pwd/secret/
+  token/api key/access key/private key/credentials/auth/session id..., and the password in
+  URL userinfo (`scheme://user:PASSWORD@host`). Unquoted values end at whitespace, a quote
+  or one of `,;&<>()[]` (so `password=x&user=y` is `x`). Unquoted values after `:` must look
+  like secrets (a digit, a symbol or an inner capital), so prose such as "Password:
+  incorrect" does not count; placeholders (`***`, `<redacted>`, `${VAR}`, `null`, `true`) and code
+  (`password = get_password()`) do not count; keys such as token_type, max_tokens,
+  next_page_token, secret_name do not count. Prose ("the password is x") does not count.
+"""
+
+import base64
+import binascii
+import ipaddress
+import json
+import re
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from functools import cache
+from typing import Protocol
+
+import phonenumbers
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    start: int
+    end: int
+    entity: str
+    detector: str
+
+
+class Detector(Protocol):
+    name: str
+    entity: str
+
+    def find(self, text: str) -> Iterator[Finding]: ...
+
+
+_ALNUM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+_WORD = _ALNUM | {"_"}
+_NON_DIGITS = re.compile(r"[^0-9]")
+# "NL91 ABNA 0417 1643 00": digits that end a grouped account number are not a phone or card
+_GROUPED_ACCOUNT_BEFORE = re.compile(r"[A-Z]{2}[0-9]{2}(?: [A-Z0-9]{4})+ \Z")
+
+
+_SHAPE_TABLE = bytes.maketrans(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"0" * 10 + b"A" * 26)
+
+
+class _Views:
+    """Derived forms of one text, shared by the detectors that scan it.
+
+    The shape maps every ASCII digit to 0 and every capital to A (anything else outside
+    ASCII to ?), one byte per character, so detectors can look for multi-character
+    literals such as b"0000" or b"AA00" (which `re` finds with a fast literal search) instead
+    of stepping through every digit with a character class.
+    """
+
+    __slots__ = ("_lower", "_shape", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._shape: bytes | None = None
+        self._lower: str | None = None
+
+    @property
+    def shape(self) -> bytes:
+        if self._shape is None:
+            self._shape = self.text.encode("ascii", "replace").translate(_SHAPE_TABLE)
+        return self._shape
+
+    @property
+    def lower(self) -> str:
+        if self._lower is None:
+            self._lower = self.text.lower()
+        return self._lower
+
+
+_last_views: _Views | None = None
+
+
+def _views(text: str) -> _Views:
+    # One entry: `scan` runs every detector over the same text object in turn.
+    global _last_views
+    views = _last_views
+    if views is None or views.text is not text:
+        views = _last_views = _Views(text)
+    return views
+
+
+def _distinct_enough(value: str, minimum: int = 6) -> bool:
+    """Rule out placeholders such as xxxxxxxx or 00000000."""
+    return len(set(value)) >= min(minimum, len(value))
+
+
+# ---------------------------------------------------------------------------------------
+# email
+
+_EMAIL_LOCAL_CHARS = _ALNUM | set("._%+-")
+_EMAIL_LOCAL = re.compile(r"[A-Za-z0-9._%+\-]{1,64}\Z")
+_EMAIL_DOMAIN = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.){1,8}([A-Za-z]{2,24})(?![A-Za-z0-9\-])"
+)
+_URL_USERINFO_BEFORE = re.compile(r"://[^\s/@]{0,256}\Z")
+# TLD-shaped file extensions: `icon@2x.png`, `bundle@1.0.js` are file names, not addresses.
+_FILE_EXTENSIONS = frozenset(
+    "png jpg jpeg gif svg webp ico bmp tif tiff css scss js mjs cjs jsx ts tsx json html htm "
+    "xml yaml yml txt csv pdf zip gz tgz tar lock map woff woff2 ttf otf eot wasm".split()
+)
+
+
+class EmailDetector:
+    name = "email"
+    entity = "EMAIL"
+
+    def find(self, text: str) -> Iterator[Finding]:
+        at = text.find("@")
+        while at != -1:
+            end = self._match_at(text, at)
+            if end:
+                start, end = end
+                yield Finding(start, end, self.entity, self.name)
+                at = text.find("@", end)
+            else:
+                at = text.find("@", at + 1)
+
+    @staticmethod
+    def _match_at(text: str, at: int) -> tuple[int, int] | None:
+        local = _EMAIL_LOCAL.search(text, max(0, at - 64), at)
+        if local is None:
+            return None
+        start = local.start()
+        if start > 0 and text[start - 1] in _EMAIL_LOCAL_CHARS:
+            return None  # the local part is longer than 64 characters: not an address
+        while start < at and text[start] == ".":
+            start += 1
+        if start == at or text[at - 1] == "." or ".." in text[start:at]:
+            return None
+        if start > 0 and _URL_USERINFO_BEFORE.search(text, max(0, start - 260), start):
+            return None  # ssh://git@host, scheme://user:password@host: userinfo, not an address
+        domain = _EMAIL_DOMAIN.match(text, at + 1)
+        if domain is None or domain.group(1).lower() in _FILE_EXTENSIONS:
+            return None
+        return start, domain.end()
+
+
+# ---------------------------------------------------------------------------------------
+# phone
+
+_PHONE = re.compile(
+    r"""
+    [+(0-9]
+    (?<![\w+\-./#$@%&\\*)][+(0-9])      # starts a token: not inside a word, number or path
+    (?<![0-9][ .\-][+(0-9])              # nor continues a run of digit groups
+    (?<![0-9]:[+(0-9])                   # nor follows a time or a port
+    (?:
+        (?<=\+) [0-9]{1,3}
+            (?:[ .\-]?\(0?[0-9]{0,4}\))?
+            [ .\-]?[0-9]{1,12}
+            (?:[ .\-][0-9]{1,8}){0,6}
+      | (?<=\() [0-9]{2,5}\)[ .\-]?[0-9]{2,8}(?:[ .\-][0-9]{2,8}){0,3}
+      | (?<=[0-9]) [0-9]{0,4}[ .\-][0-9]{2,8}(?:[ .\-][0-9]{2,8}){0,4}
+      | (?<=[0-9]) (?P<bare>[0-9]{8,14})
+    )
+    (?P<ext>[ ]?(?:ext\.?|x|extension|ext:)[ ]?[0-9]{1,6})?
+    (?![\w\-+]|[.:/][0-9]|[ ][0-9])
+    """,
+    re.VERBOSE,
+)
+_DATE_SHAPE = re.compile(
+    r"(?:[0-9]{4}[./\- ][0-9]{1,2}[./\- ][0-9]{1,2}|[0-9]{1,2}[./\- ][0-9]{1,2}[./\- ][0-9]{2,4})\Z"
+)
+_DOTTED_QUAD = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}\Z")
+_SSN_SHAPE = re.compile(r"[0-9]{3}([\- ])[0-9]{2}\1[0-9]{4}\Z")
+_ZIP_PLUS_4 = re.compile(r"[0-9]{5}-[0-9]{4}\Z")
+# Every phone candidate contains one of these on the shape, each with how far before and
+# after it the candidate may reach. Each pattern starts with a multi-character literal, which
+# `re` searches for quickly (an alternation would step through every digit), and rejects
+# numbers glued to words, versions and ids right there, so few windows remain.
+_PHONE_ANCHORS = tuple(
+    (re.compile(pattern), before, after)
+    for pattern, before, after in (
+        (rb"\+0(?<![\w.\-/+]\+0)(?![0-9]?:)", 0, 40),
+        (rb"\(00", 0, 40),
+        (rb"000[ .\-]000(?<![\w.+/]000[ .\-]000)", 8, 36),
+        (rb"0000[ .\-]000(?<![\w.+/\-]0000[ .\-]000)", 2, 36),
+        (rb"00000[ .\-]000(?<![\w.+/\-]00000[ .\-]000)", 2, 36),
+        (rb"00(?P<s>[ .\-])00(?P=s)00(?P=s)00", 2, 24),
+    )
+)
+_PHONE_WORDS = ("phone", "tel", "mobile", "cell", "fax", "sms", "whatsapp", "contact")
+_DIGIT_GROUPS = re.compile(r"[0-9]+")
+_NANP_GROUPS = frozenset({(3, 3, 4), (1, 3, 3, 4), (3, 7), (1, 3, 7)})
+_PHONE_CONTEXT = re.compile(
+    r"(?<![a-z])(?:phone|tel|mobile|cell|fax|sms|whatsapp|contact)[a-z_\-]{0,12}[^a-z0-9]{1,6}\Z"
+)
+
+
+class _NumberingPlan:
+    """The valid national significant numbers of one region, from `phonenumbers`' metadata,
+    as compiled patterns: what `phonenumbers.is_valid_number` checks, in two regex matches
+    instead of its parsing and per-type calls (tens of microseconds a number)."""
+
+    def __init__(self, metadata: phonenumbers.PhoneMetadata) -> None:
+        general = metadata.general_desc
+        self.lengths = frozenset(general.possible_length or ())
+        self.general = re.compile(general.national_number_pattern or "(?!)")
+        types = (
+            metadata.fixed_line, metadata.mobile, metadata.toll_free, metadata.premium_rate,
+            metadata.shared_cost, metadata.personal_number, metadata.voip, metadata.pager,
+            metadata.uan, metadata.voicemail,
+        )  # fmt: skip
+        patterns = [
+            f"(?:{desc.national_number_pattern})"
+            for desc in types
+            if desc is not None and desc.national_number_pattern
+        ]
+        self.any_type = re.compile("|".join(patterns) or "(?!)")
+        self.national_prefix = metadata.national_prefix
+
+    def is_valid(self, significant: str) -> bool:
+        return (
+            (not self.lengths or len(significant) in self.lengths)
+            and self.general.fullmatch(significant) is not None
+            and self.any_type.fullmatch(significant) is not None
+        )
+
+
+@cache
+def _region_plan(region: str) -> _NumberingPlan | None:
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
+    return _NumberingPlan(metadata) if metadata is not None else None
+
+
+@cache
+def _country_plans(country_code: int) -> tuple[_NumberingPlan, ...]:
+    plans = []
+    for region in phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(country_code, ()):
+        if region == "001":
+            metadata = phonenumbers.PhoneMetadata.metadata_for_nongeo_region(country_code)
+            if metadata is not None:
+                plans.append(_NumberingPlan(metadata))
+        elif (plan := _region_plan(region)) is not None:
+            plans.append(plan)
+    return tuple(plans)
+
+
+def _valid_international(digits: str) -> bool:
+    """digits: everything after the +, the country code first (codes are prefix-free)."""
+    for length in (1, 2, 3):
+        plans = _country_plans(int(digits[:length]))
+        if plans:
+            significant = digits[length:]
+            return any(
+                plan.is_valid(significant)
+                or (  # "+44 020 ...": a trunk prefix written after the country code
+                    bool(plan.national_prefix)
+                    and significant.startswith(plan.national_prefix)  # type: ignore[arg-type]
+                    and plan.is_valid(significant[len(plan.national_prefix) :])  # type: ignore[arg-type]
+                )
+                for plan in plans
+            )
+    return False
+
+
+def _valid_national(digits: str, region: str) -> bool:
+    plan = _region_plan(region)
+    if plan is None:
+        return False
+    prefix = plan.national_prefix
+    if prefix and digits.startswith(prefix):
+        digits = digits[len(prefix) :]
+    return plan.is_valid(digits)
+
+
+class PhoneDetector:
+    name = "phone"
+    entity = "PHONE"
+
+    def __init__(
+        self,
+        default_region: str = "US",
+        national_regions: tuple[str, ...] = ("GB", "DE", "FR", "IT", "ES", "NL", "AU", "IN"),
+    ) -> None:
+        # Numbers without a trunk 0 are read in default_region (NANP numbers have none);
+        # numbers with one are tried in national_regions.
+        self.default_region = default_region
+        self.national_regions = national_regions
+
+    def find(self, text: str) -> Iterator[Finding]:
+        # Every candidate contains one of the shape anchors (or follows a phone word); the
+        # full pattern runs only in windows around them.
+        views = _views(text)
+        shape = views.shape
+        windows = [
+            (m.start() - before, m.start() + after)
+            for anchor, before, after in _PHONE_ANCHORS
+            for m in anchor.finditer(shape)
+        ]
+        lowered = views.lower
+        for word in _PHONE_WORDS:
+            pos = lowered.find(word)
+            while pos != -1:
+                windows.append((pos, pos + 64))
+                pos = lowered.find(word, pos + len(word))
+        if not windows:
+            return
+        size = len(text)
+        resume = 0
+        for low, high in _merged(windows, size):
+            for match in _PHONE.finditer(text, max(low, resume), high):
+                if match.end() == high and high < size:  # cut by the window: match again
+                    match = _PHONE.match(text, match.start())
+                    if match is None:
+                        continue
+                start = match.start()
+                resume = match.end()
+                core_end = match.start("ext") if match.group("ext") else match.end()
+                core = text[start:core_end]
+                if self._is_phone(text, start, core, match.group("bare") is not None):
+                    yield Finding(start, match.end(), self.entity, self.name)
+
+    def _is_phone(self, text: str, start: int, core: str, bare: bool) -> bool:
+        digits = _NON_DIGITS.sub("", core.replace("(0)", ""))
+        count = len(digits)
+        if core[0] == "+":
+            return 8 <= count <= 15 and _valid_international(digits)
+        if bare:
+            window = text[max(0, start - 32) : start].lower()
+            if not _PHONE_CONTEXT.search(window):
+                return False
+        elif (
+            _GROUPED_ACCOUNT_BEFORE.search(text, max(0, start - 48), start)
+            or _DATE_SHAPE.match(core)
+            or _DOTTED_QUAD.match(core)
+            or _SSN_SHAPE.match(core)
+            or _ZIP_PLUS_4.match(core)
+            or count > 12
+        ):
+            return False
+        if digits[0] == "0":
+            return 9 <= count <= 12 and any(
+                _valid_national(digits, r) for r in self.national_regions
+            )
+        if count == 10 or (count == 11 and digits[0] == "1"):
+            if not bare and tuple(map(len, _DIGIT_GROUPS.findall(core))) not in _NANP_GROUPS:
+                return False  # 5348 5938 39 is not how anyone writes a NANP number
+            return _valid_national(digits[-10:], self.default_region)
+        return False
+
+
+# ---------------------------------------------------------------------------------------
+# payment card
+
+# On the shape (digits are 0): the literal 0000 prefix makes `re` skip ahead quickly.
+_CARD = re.compile(
+    rb"""
+    0000(?<![\w.\-+/$]0000)(?<!0[ \-]0000)
+    (?:
+        0{8,15}
+      | (?P<s>[ \-])0000(?P=s)0000(?:(?P=s)0{1,4}(?:(?P=s)000)?)?
+      | (?P<t>[ \-])000000(?P=t)0{4,5}
+    )
+    (?![\w\-+]|\.0)
+    """,
+    re.VERBOSE,
+)
+_CARD_CONTEXT = re.compile(
+    r"(?<![a-z])(?:card|pan|visa|maestro|mastercard|cc)[a-z_\- ]{0,12}[^a-z0-9]{1,6}\Z"
+)
+
+
+def luhn_valid(digits: str) -> bool:
+    total = 0
+    for position, char in enumerate(reversed(digits)):
+        value = ord(char) - 48
+        if position % 2:
+            value *= 2
+            if value > 9:
+                value -= 9
+        total += value
+    return total % 10 == 0
+
+
+def _card_scheme_ok(d: str) -> bool:
+    """Does the number's prefix belong to a card scheme that issues this length?"""
+    n = len(d)
+    p2, p3, p4 = int(d[:2]), int(d[:3]), int(d[:4])
+    if d[0] == "4":  # Visa, Visa Electron
+        return n in (13, 16, 19)
+    if 51 <= p2 <= 55 or 2221 <= p4 <= 2720:  # Mastercard
+        return n == 16
+    if p2 in (34, 37):  # American Express
+        return n == 15
+    if 2200 <= p4 <= 2204:  # Mir
+        return 16 <= n <= 19
+    if p2 in (36, 38, 39) or 300 <= p3 <= 305 or p4 == 3095:  # Diners Club
+        return 14 <= n <= 19
+    if 3528 <= p4 <= 3589:  # JCB
+        return 16 <= n <= 19
+    if p2 in (62, 65, 81, 82) or p4 == 6011 or 644 <= p3 <= 649:  # UnionPay, Discover, RuPay
+        return 16 <= n <= 19
+    if p2 == 50 or 56 <= p2 <= 69:  # Maestro
+        return 12 <= n <= 19
+    if d[0] == "1":  # UATP
+        return n == 15
+    if p4 == 9792:  # Troy
+        return n == 16
+    return False
+
+
+class PaymentCardDetector:
+    name = "payment_card"
+    entity = "CARD"
+
+    def find(self, text: str) -> Iterator[Finding]:
+        for match in _CARD.finditer(_views(text).shape):
+            start = match.start()
+            digits = _NON_DIGITS.sub("", text[start : match.end()])
+            if len(digits) == 12 and match.end() - start == 12:
+                window = text[max(0, start - 32) : start].lower()
+                if not _CARD_CONTEXT.search(window):
+                    continue
+            if _GROUPED_ACCOUNT_BEFORE.search(text, max(0, start - 48), start):
+                continue
+            if (
+                12 <= len(digits) <= 19
+                and digits.count(digits[0]) != len(digits)
+                and _card_scheme_ok(digits)
+                and luhn_valid(digits)
+            ):
+                yield Finding(start, match.end(), self.entity, self.name)
+
+
+# ---------------------------------------------------------------------------------------
+# IBAN
+
+IBAN_LENGTHS = {
+    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22,
+    "BI": 27, "BR": 29, "BY": 28, "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DJ": 27,
+    "DK": 18, "DO": 28, "EE": 20, "EG": 29, "ES": 24, "FI": 18, "FK": 18, "FO": 18, "FR": 27,
+    "GB": 22, "GE": 22, "GI": 23, "GL": 18, "GR": 27, "GT": 28, "HN": 28, "HR": 21, "HU": 28,
+    "IE": 22, "IL": 23, "IQ": 23, "IS": 26, "IT": 27, "JO": 30, "KW": 30, "KZ": 20, "LB": 28,
+    "LC": 32, "LI": 21, "LT": 20, "LU": 20, "LV": 21, "LY": 25, "MC": 27, "MD": 24, "ME": 22,
+    "MK": 19, "MN": 20, "MR": 27, "MT": 31, "MU": 30, "NI": 28, "NL": 18, "NO": 15, "OM": 23,
+    "PK": 24, "PL": 28, "PS": 29, "PT": 25, "QA": 29, "RO": 24, "RS": 22, "RU": 33, "SA": 24,
+    "SC": 31, "SD": 18, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "SO": 23, "ST": 25, "SV": 28,
+    "TL": 23, "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20, "YE": 30,
+}  # fmt: skip
+_IBAN_START = re.compile(rb"AA00")  # on the shape: two capitals and two digits
+_IBAN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+
+
+def iban_checksum_valid(compact: str) -> bool:
+    rearranged = compact[4:] + compact[:4]
+    return int("".join(str(int(c, 36)) for c in rearranged)) % 97 == 1
+
+
+class IbanDetector:
+    name = "iban"
+    entity = "IBAN"
+
+    def find(self, text: str) -> Iterator[Finding]:
+        size = len(text)
+        resume = 0
+        for match in _IBAN_START.finditer(_views(text).shape):
+            start = match.start()
+            if start < resume or (start > 0 and text[start - 1] in _ALNUM):
+                continue
+            length = IBAN_LENGTHS.get(text[start : start + 2])
+            if length is None:
+                continue
+            chars = [text[start : start + 4]]
+            count, i = 4, match.end()
+            while count < length and i < size:
+                char = text[i]
+                if char in _IBAN_CHARS:
+                    chars.append(char)
+                    count += 1
+                elif char == " " and count % 4 == 0 and i + 1 < size and text[i + 1] in _IBAN_CHARS:
+                    pass
+                else:
+                    break
+                i += 1
+            if count != length or (i < size and text[i] in _ALNUM):
+                continue
+            if iban_checksum_valid("".join(chars)):
+                resume = i
+                yield Finding(start, i, self.entity, self.name)
+
+
+# ---------------------------------------------------------------------------------------
+# US social security number
+
+_SSN = re.compile(  # on the shape
+    rb"""
+    000(?<![\w.\-+/\#$]000)(?<!0[ \-]000)(?<!0:000)
+    (?:
+        (?P<sep>[\- ])00(?P=sep)0000
+      | (?P<bare>000000)
+    )
+    (?![\w\-+]|[./:]0|[ \-]0)
+    """,
+    re.VERBOSE,
+)
+_SSN_CONTEXT = re.compile(
+    r"(?<![a-z])(?:ssn|ss#|social[ _\-]?security)[a-z_\-. #]{0,12}[^a-z0-9]{1,6}\Z"
+)
+_INVALID_SSNS = frozenset({"078051120", "219099999", "123456789"})
+
+
+class UsSsnDetector:
+    name = "us_ssn"
+    entity = "US_SSN"
+
+    def find(self, text: str) -> Iterator[Finding]:
+        for match in _SSN.finditer(_views(text).shape):
+            start = match.start()
+            digits = _NON_DIGITS.sub("", text[start : match.end()])
+            area, group, serial = digits[:3], digits[3:5], digits[5:]
+            if (
+                area == "000"
+                or area == "666"
+                or area[0] == "9"
+                or group == "00"
+                or serial == "0000"
+                or digits in _INVALID_SSNS
+            ):
+                continue
+            if match.group("bare") is not None:
+                window = text[max(0, start - 32) : start].lower()
+                if not _SSN_CONTEXT.search(window):
+                    continue
+            yield Finding(start, match.end(), self.entity, self.name)
+
+
+# ---------------------------------------------------------------------------------------
+# IP addresses
+
+_IPV4_ANCHOR = re.compile(rb"\.0{1,3}\.0")  # on the shape
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}(?![\w]|\.[0-9]|-[A-Za-z]|\+)")
+_VERSION_BEFORE = re.compile(r"(?<![a-z])(?:version|ver|release|build|firmware|rev)[\s:=]{0,3}\Z")
+_IPV4_BEFORE_REJECT = _WORD | set(".-")
+_IPV6_ANCHOR = re.compile(r":(?::|[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{1,4}:)")
+_IPV6 = re.compile(
+    r"(?:[0-9A-Fa-f:]{0,36}:(?:[0-9]{1,3}\.){3}[0-9]{1,3}|[0-9A-Fa-f:]{2,39})"
+    r"(?:%[0-9A-Za-z_.]{1,16})?"
+)
+_HEX_COLON = frozenset("0123456789abcdefABCDEF:")
+
+
+class IpAddressDetector:
+    name = "ip_address"
+    entity = "IP_ADDRESS"
+
+    def find(self, text: str) -> Iterator[Finding]:
+        if "." in text:
+            yield from self._find_v4(text)
+        if ":" in text:
+            yield from self._find_v6(text)
+
+    def _find_v4(self, text: str) -> Iterator[Finding]:
+        pos = 0
+        shape = _views(text).shape
+        while anchor := _IPV4_ANCHOR.search(shape, pos):
+            dot = anchor.start()
+            start = dot
+            while start > 0 and dot - start < 3 and text[start - 1].isdigit():
+                start -= 1
+            match = _IPV4.match(text, start) if start < dot else None
+            if match is None:
+                pos = dot + 1
+                continue
+            pos = match.end()
+            if start > 0 and text[start - 1] in _IPV4_BEFORE_REJECT:
+                continue
+            first = int(match.group().split(".", 1)[0])
+            if first in (0, 127, 255):
+                continue
+            if _VERSION_BEFORE.search(text[max(0, start - 12) : start].lower()):
+                continue
+            yield Finding(start, match.end(), self.entity, self.name)
+
+    def _find_v6(self, text: str) -> Iterator[Finding]:
+        pos = 0
+        while anchor := _IPV6_ANCHOR.search(text, pos):
+            start = anchor.start()
+            floor = max(0, start - 39)
+            while start > floor and text[start - 1] in _HEX_COLON:
+                start -= 1
+            if start > 0 and (text[start - 1] in _WORD or text[start - 1] == "."):
+                pos = anchor.end()
+                continue
+            match = _IPV6.match(text, start)
+            if match is None:  # pragma: no cover - the anchor guarantees a match
+                pos = anchor.end()
+                continue
+            pos = match.end()
+            end = self._valid_v6_end(text, start, match.end())
+            if end:
+                yield Finding(start, end, self.entity, self.name)
+
+    @staticmethod
+    def _valid_v6_end(text: str, start: int, end: int) -> int | None:
+        following = text[end + 1 : end + 2]
+        if end < len(text) and (
+            text[end] in _WORD or (text[end] == "." and (following.isalnum() or following == "."))
+        ):
+            return None
+        candidate = text[start:end]
+        for attempt in (candidate, candidate[:-1] if candidate.endswith(":") else ""):
+            if not attempt or not any(c.isdigit() for c in attempt):
+                continue
+            address_part = attempt.split("%", 1)[0]
+            if "::" not in address_part and address_part.count(":") < 6:
+                continue
+            try:
+                address = ipaddress.IPv6Address(attempt)
+            except ValueError:
+                continue
+            if address.is_unspecified or address.is_loopback:
+                return None
+            return start + len(attempt)
+        return None
+
+
+# ---------------------------------------------------------------------------------------
+# prefixed tokens: AWS access key ids, GitHub, GitLab, Slack, Stripe
+
+
+class PrefixedTokenDetector:
+    """A token recognised by its prefixes (patterns that each start with a literal, so `re`
+    finds them quickly; an alternation of different literals would step through the text
+    character by character), then a body pattern with a group named body, which is checked
+    for placeholders."""
+
+    def __init__(
+        self,
+        name: str,
+        entity: str,
+        prefixes: tuple[str, ...],
+        body: str,
+        *,
+        token_chars: frozenset[str] = _WORD,
+        strip: str = "",
+    ) -> None:
+        self.name = name
+        self.entity = entity
+        self._prefixes = tuple(re.compile(p) for p in prefixes)
+        self._body = re.compile(body)
+        self._token_chars = token_chars
+        self._strip = strip
+
+    def find(self, text: str) -> Iterator[Finding]:
+        hits = [hit.span() for prefix in self._prefixes for hit in prefix.finditer(text)]
+        if not hits:
+            return
+        if len(self._prefixes) > 1:
+            hits.sort()
+        size = len(text)
+        resume = 0
+        for start, body_start in hits:
+            if start < resume or (start > 0 and text[start - 1] in self._token_chars):
+                continue
+            match = self._body.match(text, body_start)
+            if match is None:
+                continue
+            end = match.end()
+            while self._strip and end > body_start and text[end - 1] in self._strip:
+                end -= 1
+            if end < size and text[end] in self._token_chars:
+                continue
+            if _distinct_enough(match.group("body")):
+                resume = end
+                yield Finding(start, end, self.entity, self.name)
+
+
+# ---------------------------------------------------------------------------------------
+# AWS secret access key
+
+_AWS_SECRET = re.compile(r"(?<![A-Za-z0-9/+])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")
+_AUTH_SCHEME_BEFORE = re.compile(r"(?i)(?:bearer|basic|token)[ \t]{1,4}\Z")
+_AWS_SECRET_CONTEXT = re.compile(r"aws|secret[ _\-]?access[ _\-]?key|secret[ _\-]?key")
+_AWS_KEY_ID = re.compile(r"(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}")
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def _merged(windows: list[tuple[int, int]], size: int) -> Iterator[tuple[int, int]]:
+    """The union of the windows, clipped to the text, in order."""
+    low = high = -1
+    for start, end in sorted(windows):
+        start, end = max(start, 0), min(end, size)
+        if start > high:
+            if high > low:
+                yield low, high
+            low = start
+        high = max(high, end)
+    if high > low:
+        yield low, high
+
+
+class AwsSecretKeyDetector:
+    name = "aws_secret_key"
+    entity = "AWS_SECRET_KEY"
+
+    def find(self, text: str) -> Iterator[Finding]:
+        lowered = _views(text).lower
+        windows: list[tuple[int, int]] = []
+        for word in ("aws", "secret"):
+            pos = lowered.find(word)
+            while pos != -1:
+                context = _AWS_SECRET_CONTEXT.match(lowered, pos)
+                if context is not None:
+                    windows.append((context.end(), context.end() + 100))
+                pos = lowered.find(word, pos + len(word))
+        if any(p in text for p in ("AKIA", "ASIA", "ABIA", "ACCA")):
+            windows += [(m.start() - 300, m.end() + 300) for m in _AWS_KEY_ID.finditer(text)]
+        if not windows:
+            return
+        for low, high in _merged(windows, len(text)):
+            for match in _AWS_SECRET.finditer(text, low, high):
+                value = match.group()
+                if match.end() == high and high < len(text) and text[high] in _ALNUM:
+                    continue  # cut by the window
+                if value.startswith("eyJ"):
+                    continue  # base64 of a JSON object: a cursor or a payload
+                if _AUTH_SCHEME_BEFORE.search(text, max(0, match.start() - 12), match.start()):
+                    continue  # an HTTP credential: bearer_token's or secret_assignment's
+                if self._looks_like_secret(value):
+                    yield Finding(match.start(), match.end(), self.entity, self.name)
+
+    @staticmethod
+    def _looks_like_secret(value: str) -> bool:
+        if all(c in _HEX for c in value):
+            return False  # a SHA-1 in hex
+        has_upper = any(c.isupper() for c in value)
+        has_lower = any(c.islower() for c in value)
+        has_other = any(c.isdigit() or c in "+/" for c in value)
+        return has_upper and has_lower and has_other and _distinct_enough(value, 12)
+
+
+# ---------------------------------------------------------------------------------------
+# JWT
+
+_JWT = re.compile(r"eyJ[A-Za-z0-9_\-]{2,4096}\.eyJ[A-Za-z0-9_\-]{2,16384}\.[A-Za-z0-9_\-]{0,4096}")
+_B64URL_CHARS = _WORD | {"-"}
+_B64URL_RUN = re.compile(r"[A-Za-z0-9_\-]*")
+
+
+def _b64url_json(segment: str) -> object:
+    try:
+        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        return json.loads(raw)
+    except (binascii.Error, ValueError):
+        return None
+
+
+class JwtDetector:
+    name = "jwt"
+    entity = "JWT"
+
+    def find(self, text: str) -> Iterator[Finding]:
+        pos = text.find("eyJ")
+        while pos != -1:
+            match = _JWT.match(text, pos)
+            if match is None:
+                # Skip the rest of this base64url run: a run of eyJeyJ... is tried once.
+                pos = text.find("eyJ", _B64URL_RUN.match(text, pos).end())  # type: ignore[union-attr]
+                continue
+            start, end = match.span()
+            pos = text.find("eyJ", end)
+            if start > 0 and (text[start - 1] in _B64URL_CHARS or text[start - 1] == "."):
+                continue
+            if end < len(text) and text[end] in _B64URL_CHARS:
+                continue
+            header = _b64url_json(match.group().split(".", 1)[0])
+            if isinstance(header, dict) and "alg" in header:
+                yield Finding(start, end, self.entity, self.name)
+
+
+# ---------------------------------------------------------------------------------------
+# PEM private key
+
+_PEM_BEGIN = re.compile(r"-----BEGIN ((?:[A-Z0-9]+ )*)PRIVATE KEY( BLOCK)?-----")
+_PEM_END = re.compile(r"-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----")
+_PEM_BODY = re.compile(r"[A-Za-z0-9+/=\s\\:,\-]*?(?=-----|[^A-Za-z0-9+/=\s\\:,\-]|\Z)")
+_PEM_MAX = 64 * 1024
+
+
+class PrivateKeyDetector:
+    name = "private_key"
+    entity = "PRIVATE_KEY"
+
+    def find(self, text: str) -> Iterator[Finding]:
+        pos = text.find("-----BEGIN ")
+        while pos != -1:
+            begin = _PEM_BEGIN.match(text, pos)
+            if begin is None:
+                pos = text.find("-----BEGIN ", pos + 11)
+                continue
+            # The END line must come before the next BEGIN: each character is searched once.
+            next_begin = text.find("-----BEGIN ", begin.end())
+            limit = len(text) if next_begin == -1 else next_begin
+            end_marker = _PEM_END.search(text, begin.end(), min(limit, begin.end() + _PEM_MAX))
+            if end_marker is not None:
+                end = end_marker.end()
+            else:  # truncated: the header and the base64 that follows
+                body = _PEM_BODY.match(text, begin.end())
+                end = body.end() if body else begin.end()
+                while end > begin.end() and text[end - 1] in " \t\r\n\\":
+                    end -= 1
+            yield Finding(pos, end, self.entity, self.name)
+            pos = text.find("-----BEGIN ", end)
+
+
+# ---------------------------------------------------------------------------------------
+# bearer token
+
+_BEARER_VALUE = re.compile(r"[ \t]{1,4}([A-Za-z0-9\-._~+/]{12,8192}=*)")
+
+
+def _is_placeholder(value: str) -> bool:
+    return bool(_PLACEHOLDER.match(value))
+
+
+class BearerTokenDetector:
+    name = "bearer_token"
+    entity = "BEARER_TOKEN"
+
+    def find(self, text: str) -> Iterator[Finding]:
+        if "earer" not in text and "EARER" not in text:
+            return
+        lowered = _views(text).lower
+        pos = lowered.find("bearer")
+        while pos != -1:
+            if pos > 0 and lowered[pos - 1] in _ALNUM:
+                pos = lowered.find("bearer", pos + 6)
+                continue
+            match = _BEARER_VALUE.match(text, pos + 6)
+            if match is not None:
+                start, end = match.span(1)
+                while end > start and text[end - 1] in ".,":
+                    end -= 1
+                token = text[start:end]
+                if (
+                    end - start >= 12
+                    and any(c.isdigit() for c in token)
+                    and _distinct_enough(token, 8)
+                    and not _is_placeholder(token)
+                ):
+                    yield Finding(start, end, self.entity, self.name)
+                pos = lowered.find("bearer", end)
+            else:
+                pos = lowered.find("bearer", pos + 6)
+
+
+# ---------------------------------------------------------------------------------------
+# key=value secrets
+
+# Literal words that start the search; the whole key is then checked against _SECRET_KEY.
+_SECRET_TRIGGERS = ("pass", "pwd", "secret", "token", "key", "auth", "credential", "session")
+_KEY_CHARS = _WORD | set("-.")
+_KEY_REST = re.compile(r"[a-z0-9_.\-]{0,60}")
+_OPERATOR_AFTER_KEY = re.compile(r"(?:\\?[\"'])?[ \t]{0,3}(?:=|:)|>[^<>\n]{1,512}</")
+_SECRET_KEY = re.compile(
+    r"(?:password|passwd|passphrase|pass|pwd|secret|token|apikey|accesskey|secretkey"
+    r"|privatekey|signingkey|encryptionkey|masterkey|authkey|accountkey|subscriptionkey"
+    r"|clientkey|appkey|sessionid|sessionkey|authorization|auth|credentials?)"
+    r"(?:value|str|string|plain|plaintext|raw|b64|base64|hex|hash|confirm|confirmation)?[0-9]*\Z"
+)
+_NOT_SECRET_KEY = re.compile(r"page|cursor|continuation|sync|nonce|csrf|xsrf|bypass|compass")
+_ASSIGNMENT = re.compile(
+    r"""
+    (?P<kq>\\?["'])?[ \t]{0,3}(?P<op>=>|:=|==?|:)[ \t]{0,3}
+    (?:
+        "(?P<dq>(?:[^"\\\n]|\\[^"\n]){1,512})"
+      | '(?P<sq>[^'\\\n]{1,512})'
+      | \\"(?P<eq>[^"\\\n]{1,512})\\"
+      | (?P<bare>[^\s"'`,;&<>()\[\]]{1,512})
+    )
+    """,
+    re.VERBOSE,
+)
+_PLACEHOLDER = re.compile(
+    r"""(?ix)
+    (?:\*+|x{3,}|\.{3}|…|-+|_+|\?+
+     |<[^>]*>|\[[^\]]*\]|\(\s*(?:hidden|redacted|masked|none)\s*\)
+     |\$\{[^}]*\}|\$\(?[A-Za-z_][A-Za-z0-9_]*\)?|\{\{.*\}\}|%\(?\w*\)?s|%s|\{\w*\}
+     |null|none|nil|true|false|undefined|n/?a|redacted|masked|hidden|filtered|removed|empty
+     |your[_\-\s]?\w*|my[_\-\s]?(?:password|secret|token|api[_\-]?key)|example\w*|placeholder
+     |env:\S*|secretkeyref|valuefrom|[:@]\w+)\Z"""
+)
+_XML_VALUE = re.compile(r">([^<>\n]{1,512})</")
+_AUTH_SCHEMES = re.compile(r"(?i)(basic|token|digest|apikey|api-key|bearer)[ ]+(?=[^\s\"'])")
+_BARE_TOKEN = re.compile(r"[^\s\"'`,;&<>]{1,4096}")
+_ATTRIBUTE_ACCESS = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+\Z")
+_URL_USERINFO = re.compile(r"[^\s:/@?#\"'<>]{0,128}:([^\s/@?#\"'<>]{1,256})@")
+_SCHEME_BEFORE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]{0,20}\Z")
+
+
+class SecretAssignmentDetector:
+    name = "secret_assignment"
+    entity = "SECRET"
+
+    def find(self, text: str) -> Iterator[Finding]:
+        found: list[tuple[int, int]] = []
+        if "=" in text or ":" in text or "</" in text:
+            lowered = _views(text).lower
+            key_ends: set[int] = set()
+            for trigger in _SECRET_TRIGGERS:
+                pos = lowered.find(trigger)
+                while pos != -1:
+                    end = _KEY_REST.match(lowered, pos + len(trigger)).end()  # type: ignore[union-attr]
+                    if end not in key_ends and _OPERATOR_AFTER_KEY.match(text, end):
+                        key_ends.add(end)
+                        span = self._value_after_key(text, lowered, pos, end)
+                        if span:
+                            found.append(span)
+                    pos = lowered.find(trigger, end)
+        if "://" in text:
+            found.extend(self._url_passwords(text))
+        found.sort()
+        for start, end in found:
+            yield Finding(start, end, self.entity, self.name)
+
+    @staticmethod
+    def _value_after_key(text: str, lowered: str, hit: int, key_end: int) -> tuple[int, int] | None:
+        key_start = hit
+        while key_start > 0 and lowered[key_start - 1] in _KEY_CHARS and hit - key_start < 64:
+            key_start -= 1
+        key = lowered[key_start:key_end].strip(".-")
+        normalized = key.replace("_", "").replace("-", "").replace(".", "")
+        if not _SECRET_KEY.search(normalized) or _NOT_SECRET_KEY.search(normalized):
+            return None
+        if text[key_end : key_end + 1] == ">" and text[key_start - 1 : key_start] == "<":
+            element = _XML_VALUE.match(text, key_end)  # <password>value</password>
+            if element is None or _is_placeholder(element.group(1)):
+                return None
+            return element.span(1)
+        match = _ASSIGNMENT.match(text, key_end)
+        if match is None or match.group("op") == "==":
+            return None  # not an assignment, or a comparison in code
+        op = match.group("op")
+        group = next(g for g in ("dq", "sq", "eq", "bare") if match.group(g) is not None)
+        quoted = group != "bare"
+        start, end = match.span(group)
+        if normalized.endswith(("authorization", "auth")):
+            # "Authorization: Basic abc=" or {"authorization": "Token abc"}: the credential
+            scheme = _AUTH_SCHEMES.match(text, start, end if quoted else len(text))
+            if scheme is not None:
+                if scheme.group(1).lower() == "bearer":
+                    return None  # bearer_token's
+                start = scheme.end()
+                if not quoted:
+                    token = _BARE_TOKEN.match(text, start)
+                    if token is None:
+                        return None
+                    end = token.end()
+        if not quoted:
+            while end > start and text[end - 1] in ".:":
+                end -= 1  # the end of a sentence
+            if text[start] in "{[$" or text[end : end + 1] in ("(", "["):
+                return None  # structures, variables, code: password = get_password()
+        value = text[start:end]
+        if not value or value.startswith("-----BEGIN") or _is_placeholder(value):
+            return None
+        if normalized.endswith("pwd") and value[:1] in ("/", "~", "."):
+            return None  # the shell's working directory
+        if not quoted and not _looks_secret(value, loose=op != ":"):
+            return None
+        return start, end
+
+    @staticmethod
+    def _url_passwords(text: str) -> Iterator[tuple[int, int]]:
+        pos = text.find("://")
+        while pos != -1:
+            if _SCHEME_BEFORE.search(text, max(0, pos - 21), pos):
+                match = _URL_USERINFO.match(text, pos + 3)
+                if match is not None:
+                    start, end = match.span(1)
+                    if not _is_placeholder(text[start:end]):
+                        yield start, end
+            pos = text.find("://", pos + 3)
+
+
+def _looks_secret(value: str, *, loose: bool) -> bool:
+    """An unquoted value: after `=` anything but a bare number or a keyword; after `:` (YAML,
+    headers, prose) it must look generated: a digit, a symbol or an inner capital."""
+    if value.isdigit():
+        return len(value) >= 6
+    if value.lower() in ("true", "false", "yes", "no", "on", "off", "required", "optional"):
+        return False
+    if loose:
+        return not _ATTRIBUTE_ACCESS.match(value)  # code: password = self.password
+    has_digit = any(c.isdigit() for c in value)
+    has_symbol = any(not c.isalnum() for c in value)
+    inner_capital = any(c.isupper() for c in value[1:])
+    return has_digit or has_symbol or inner_capital
+
+
+# ---------------------------------------------------------------------------------------
+# registry and scan
+
+BUILTIN_DETECTORS: dict[str, Detector] = {
+    "email": EmailDetector(),
+    "phone": PhoneDetector(),
+    "payment_card": PaymentCardDetector(),
+    "iban": IbanDetector(),
+    "us_ssn": UsSsnDetector(),
+    "ip_address": IpAddressDetector(),
+    "aws_access_key": PrefixedTokenDetector(
+        "aws_access_key",
+        "AWS_ACCESS_KEY",
+        (r"A(?:KIA|SIA|BIA|CCA)",),
+        r"(?P<body>[A-Z0-9]{16})",
+        token_chars=_ALNUM,
+    ),
+    "aws_secret_key": AwsSecretKeyDetector(),
+    "github_token": PrefixedTokenDetector(
+        "github_token",
+        "GITHUB_TOKEN",
+        (r"gh[pousr]_", r"github_pat_"),
+        r"(?P<body>[A-Za-z0-9_]{36,251})",
+    ),
+    "gitlab_token": PrefixedTokenDetector(
+        "gitlab_token",
+        "GITLAB_TOKEN",
+        (r"gl(?:pat|dt|rt|ptt|ft|imt|cbt|soat|oas|agent|wt|ffct)-", r"GR1348941"),
+        r"(?P<body>[A-Za-z0-9_\-]{20,255})(?:\.[0-9a-z]{2}\.[0-9a-z]{7,10})?",
+        token_chars=_WORD | {"-"},
+    ),
+    "slack_token": PrefixedTokenDetector(
+        "slack_token",
+        "SLACK_TOKEN",
+        (r"xox[abposre]-", r"xapp-"),
+        r"(?P<body>[0-9]{1,16}-[A-Za-z0-9\-]{8,250})",
+        token_chars=_ALNUM | {"-"},
+        strip="-",
+    ),
+    "stripe_key": PrefixedTokenDetector(
+        "stripe_key",
+        "STRIPE_KEY",
+        (r"sk_(?:live|test)_", r"rk_(?:live|test)_", r"whsec_"),
+        r"(?P<body>[A-Za-z0-9]{16,247})",
+    ),
+    "jwt": JwtDetector(),
+    "private_key": PrivateKeyDetector(),
+    "bearer_token": BearerTokenDetector(),
+    "secret_assignment": SecretAssignmentDetector(),
+}
+
+ENTITIES: dict[str, str] = {name: d.entity for name, d in BUILTIN_DETECTORS.items()}
+
+_BUILTIN_TYPES = frozenset(type(d) for d in BUILTIN_DETECTORS.values())
+# Everything any built-in detector needs at least one of; text without any of these holds
+# no built-in finding. Kept in step with the detectors above (a test checks a sample).
+_SUSPICIOUS = re.compile(
+    r"[0-9@=:]|[Aa][Ww][Ss]|[Ss][Ee][Cc][Rr][Ee][Tt]|A(?:KI|SI|BI|CC)A|gh[pousr]_|github_pat_"
+    r"|gl[a-z]{1,6}-|xox|xapp-|[sr]k_(?:live|test)_|whsec_|eyJ|-----BEGIN|</"
+)
+_SHORTEST_FINDING = 3
+
+
+def scan(text: str, detectors: Iterable[Detector]) -> list[Finding]:
+    """All findings in `text`, sorted by start, overlaps resolved: the longer span wins, and
+    on a tie the detector earlier in `detectors`.
+
+    Text in which no built-in detector could find anything (no digit, `@`, `=`, `:`, token
+    prefix...) returns at once when every detector is a built-in. The detectors share derived
+    forms of the text (lower case, shape) through a one-entry memo keyed by the text object,
+    which keeps the last text scanned alive until the next scan.
+    """
+    if len(text) < _SHORTEST_FINDING:
+        return []
+    ordered = detectors if isinstance(detectors, (list, tuple)) else list(detectors)
+    if all(type(d) in _BUILTIN_TYPES for d in ordered) and not _SUSPICIOUS.search(text):
+        return []
+    found: list[tuple[Finding, int]] = []
+    for index, detector in enumerate(ordered):
+        for finding in detector.find(text):
+            if finding.end > finding.start:
+                found.append((finding, index))
+    if len(found) < 2:
+        return [f for f, _ in found]
+    return _resolve_overlaps(found)
+
+
+def _resolve_overlaps(found: list[tuple[Finding, int]]) -> list[Finding]:
+    found.sort(key=lambda item: (item[0].start - item[0].end, item[1], item[0].start))
+    starts: list[int] = []
+    kept: list[Finding] = []
+    for finding, _ in found:
+        i = bisect_left(starts, finding.start)
+        if i > 0 and kept[i - 1].end > finding.start:
+            continue
+        if i < len(kept) and kept[i].start < finding.end:
+            continue
+        starts.insert(i, finding.start)
+        kept.insert(i, finding)
+    return kept
