@@ -12,6 +12,16 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("healthz", console_views.healthz, name="healthz"),
     path(
+        "connections/<slug:slug>/tools/",
+        console_views.connection_tools,
+        name="connection-tools",
+    ),
+    path(
+        "connections/<slug:slug>/tools/approve",
+        console_views.approve_tools,
+        name="connection-tools-approve",
+    ),
+    path(
         ".well-known/oauth-protected-resource/mcp/<slug:slug>",
         gateway_views.protected_resource_metadata,
         name="protected-resource-metadata",

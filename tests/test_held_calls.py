@@ -246,9 +246,13 @@ async def test_changed_or_new_tools_are_hidden_until_accepted(alice, gateway):
         shown = StringIO()
         call_command("approve_tools", "--connection", "pinned", "--tool", "add", stdout=shown)
         assert "attacker.example" in shown.getvalue()  # the diff shows what changed
-        call_command(
-            "approve_tools", "--connection", "pinned", "--tool", "add", "--yes", stdout=StringIO()
-        )
+        # An admin reviews the change in the console and accepts it.
+        admin = Client()
+        admin.force_login(User.objects.get(username="alice"))
+        page = admin.get("/connections/pinned/tools/").content.decode()
+        assert "changed upstream" in page and "attacker.example" in page
+        accepted = admin.post("/connections/pinned/tools/approve", {"tool": "add"})
+        assert accepted.status_code == 302
         time.sleep(2.2)
         async with mcp_client(url, token, "legacy") as client:
             tools = {t.name for t in (await client.list_tools()).tools}
