@@ -16,11 +16,11 @@ def storable(value: Any) -> Any:
     non-finite floats; such values are kept as strings.
     """
     if isinstance(value, dict):
-        return {str(k).replace("\x00", "\\u0000"): storable(v) for k, v in value.items()}
+        return {_text(str(k)): storable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [storable(v) for v in value]
     if isinstance(value, str):
-        return value.replace("\x00", "\\u0000")
+        return _text(value)
     if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, int):
@@ -29,6 +29,17 @@ def storable(value: Any) -> Any:
         # jsonb prints huge floats without an exponent, which read back as integers.
         return value if value == value and abs(value) <= SAFE_INTEGER else str(value)
     return str(value)
+
+
+def _text(value: str) -> str:
+    """NUL and lone surrogates (valid in JSON, refused by Postgres and by RFC 8785) are
+    kept as their escapes."""
+    value = value.replace("\x00", "\\u0000")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
 
 
 def canonical(value: Any) -> bytes:

@@ -82,12 +82,19 @@ def _rows(since: int | None) -> Iterator[dict[str, Any]]:
     yield from queryset.values(*HASHED_FIELDS, "hash").iterator(chunk_size=5000)
 
 
+def _head() -> tuple[int, str]:
+    head = AuditHead.objects.filter(pk=1).values_list("seq", "hash").first()
+    return head if head is not None else (0, GENESIS_HASH)
+
+
 def verify(since: int | None = None) -> VerifyResult:
     """Walk the chain in constant memory; stop at the first record that does not fit.
 
     Without `since` the walk starts at the beginning of the chain: sequence 1, or the
     signed anchor left by the last archive. With `since`, the stored previous hash of
-    record `since` is taken as the starting point.
+    record `since` is taken as the starting point (or the anchor, if `since` is before
+    it). The chain must end exactly at its head row (which moves in the same transaction
+    as every append) and at or after the newest signed checkpoint.
     """
     signed = checkpoints.load_all()
     by_seq = {c.seq: c for c in signed.checkpoints}
@@ -96,12 +103,15 @@ def verify(since: int | None = None) -> VerifyResult:
     if signed.error:
         result.error = signed.error
         return result
+    head_seq, head_hash = _head()
 
     expected_seq: int | None = None
     expected_prev: str | None = None
-    if since is None:
-        expected_seq = anchor.seq + 1 if anchor else 1
-        expected_prev = anchor.head_hash if anchor else GENESIS_HASH
+    if anchor is not None and (since is None or since <= anchor.seq + 1):
+        since = anchor.seq + 1
+        expected_seq, expected_prev = since, anchor.head_hash
+    elif since is None:
+        since, expected_seq, expected_prev = 1, 1, GENESIS_HASH
 
     for row in _rows(since):
         seq = row["seq"]
@@ -120,20 +130,33 @@ def verify(since: int | None = None) -> VerifyResult:
             if checkpoint.head_hash != row["hash"]:
                 return _fail(result, seq, f"record {seq} differs from signed checkpoint {seq}")
             result.checkpoints_checked += 1
+        if seq == head_seq and row["hash"] != head_hash:
+            return _fail(result, seq, f"record {seq} differs from the chain's head")
         result.verified += 1
         result.last_seq = seq
         expected_seq, expected_prev = seq + 1, row["hash"]
 
+    last = result.last_seq if result.last_seq is not None else since - 1
     latest = max((c.seq for c in signed.checkpoints), default=0)
-    last = result.last_seq or (anchor.seq if anchor else 0)
-    if since is not None and result.last_seq is None:
-        last = since - 1
     if latest > last:
         return _fail(
             result,
             last + 1,
             f"records {last + 1}..{latest} are missing: the chain ends before signed "
             f"checkpoint {latest}",
+        )
+    if head_seq > last:
+        return _fail(
+            result,
+            last + 1,
+            f"records {last + 1}..{head_seq} are missing: the chain ends before its head",
+        )
+    # Appends may have happened during the walk: only records past the head as it is
+    # now are foreign.
+    head_seq_now, _ = _head()
+    if last > head_seq_now:
+        return _fail(
+            result, head_seq_now + 1, f"record {head_seq_now + 1} lies beyond the chain's head"
         )
     return result
 

@@ -49,13 +49,13 @@ def _caller(call: "Call") -> dict[str, Any]:
         "token": identity.token_display,
         "run_label": identity.run_label,
         "client_address": call.client_address,
-        "user_agent": call.user_agent,
         "connection": call.connection.slug,
         "session": call.session_digest or "",
         "era": call.era,
-        "method": call.message.method or "",
-        "target": (call.message.target_name or "")[:1000],
-        "request_id": "" if request_id is None else json.dumps(request_id)[:200],
+        "method": storable(call.message.method or "")[:200],
+        "target": storable(call.message.target_name or "")[:1000],
+        "request_id": "" if request_id is None else storable(json.dumps(request_id))[:200],
+        "user_agent": storable(call.user_agent)[:500],
     }
 
 

@@ -4,12 +4,17 @@ from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
 from django.utils.timezone import now
 
 from audit.events import record_event
 
-from .models import AgentToken, Connection, Era
+from .models import AgentToken, Connection, Era, Transport
+
+# Transports the data path can reach today; the others are accepted by the model so that
+# connections can be registered ahead, and are refused here until their client exists.
+SUPPORTED_TRANSPORTS = (Transport.STREAMABLE_HTTP,)
 
 
 @transaction.atomic
@@ -21,13 +26,24 @@ def save_connection(
     headers: dict[str, str] | None = None,
     enabled: bool = True,
     actor: Any = None,
+    transport: str | None = None,
+    create_only: bool = False,
 ) -> tuple[Connection, bool]:
-    """Create or update a connection. headers=None keeps the stored credentials."""
+    """Create or update a connection. headers=None keeps the stored credentials;
+    transport=None keeps the stored transport (Streamable HTTP for a new connection).
+    create_only refuses to touch an existing connection of that slug."""
     connection = Connection.objects.select_for_update().filter(slug=slug).first()
     created = connection is None
+    if not created and create_only:
+        raise ValidationError({"slug": ["A connection with this slug already exists."]})
+    if transport is not None and transport not in SUPPORTED_TRANSPORTS:
+        label = Transport(transport).label if transport in Transport.values else transport
+        raise ValidationError({"transport": [f"{label} is not supported yet."]})
     before = _connection_state(connection) if connection is not None else None
     if connection is None:
         connection = Connection(slug=slug)
+    if transport is not None:
+        connection.transport = transport
     if connection.url != url:
         # A new upstream may speak another era.
         connection.era = Era.UNKNOWN
@@ -39,7 +55,12 @@ def save_connection(
         connection.set_headers(headers)
     connection.updated_at = now()
     connection.full_clean()
-    connection.save()
+    try:
+        with transaction.atomic():
+            connection.save()
+    except IntegrityError:
+        # Another request created the same slug since we looked.
+        raise ValidationError({"slug": ["A connection with this slug already exists."]}) from None
     record_event(
         "connection.created" if created else "connection.updated",
         actor=actor,
@@ -54,9 +75,48 @@ def save_connection(
     return connection, created
 
 
+@transaction.atomic
+def delete_connection(connection: Connection, *, actor: Any = None) -> None:
+    """Delete a connection with everything that hangs off it (its tool catalog, policy,
+    grants, held calls, scoped masking rules and the tokens limited to it)."""
+    locked = Connection.objects.select_for_update().filter(pk=connection.pk).first()
+    if locked is None:
+        return
+    state = _connection_state(locked)
+    tokens = [t.display for t in AgentToken.objects.filter(connection=locked)]
+    locked.delete()
+    record_event(
+        "connection.deleted",
+        actor=actor,
+        connection=connection.slug,
+        details={"before": state, "tokens_deleted": tokens},
+    )
+
+
+@transaction.atomic
+def record_connection_test(
+    connection: Connection,
+    *,
+    era: str | None,
+    summary: dict[str, Any],
+    actor: Any = None,
+) -> None:
+    """An admin's "Test connection": remember the era the upstream answered in (None when
+    it could not be reached) and record the test."""
+    if era is not None:
+        Connection.objects.filter(pk=connection.pk).update(era=era, era_detected_at=now())
+    record_event(
+        "connection.tested",
+        actor=actor,
+        connection=connection.slug,
+        details={"era": era, **summary},
+    )
+
+
 def _connection_state(connection: Connection) -> dict[str, Any]:
     return {
         "name": connection.name,
+        "transport": connection.transport,
         "url": connection.url,
         "enabled": connection.enabled,
         "credential_headers": list(connection.header_names),

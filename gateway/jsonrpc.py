@@ -109,4 +109,8 @@ def error(id: JsonId, code: int, message: str, data: object = None) -> dict[str,
 
 
 def dumps(payload: object) -> bytes:
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    try:
+        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        # A lone surrogate (valid in JSON text) has no UTF-8 form: send it escaped.
+        return json.dumps(payload, separators=(",", ":")).encode()

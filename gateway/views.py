@@ -2,6 +2,8 @@ from django.conf import settings
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
 
+from .jwt import configured_issuer
+from .jwt import enabled as oidc_enabled
 from .models import Connection
 
 
@@ -18,8 +20,8 @@ def protected_resource_metadata(request: HttpRequest, slug: str) -> JsonResponse
             "resource_name": connection.name,
             "bearer_methods_supported": ["header"],
             # Gateway-issued tokens come from the console or `manage.py issue_token`;
-            # no OAuth authorization server is configured.
-            "authorization_servers": [],
+            # with OpenID Connect configured, agents may also bring the provider's tokens.
+            "authorization_servers": [configured_issuer()] if oidc_enabled() else [],
         }
     )
     response["Access-Control-Allow-Origin"] = "*"

@@ -126,6 +126,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "gateway",
     "masking",
     "console",
@@ -135,6 +137,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "django.middleware.csp.ContentSecurityPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -206,6 +209,18 @@ CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 
+# The cache holds counters (failed logins); shared through Redis when there is one.
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "mcpgw-cache",
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -231,9 +246,180 @@ SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 X_FRAME_OPTIONS = "DENY"
 
+# Served over TLS (SECURE_COOKIES=true): plain HTTP is redirected, and HSTS is sent once
+# SECURE_HSTS_SECONDS is set. Behind a proxy that terminates TLS either run daphne with
+# --proxy-headers (as docker-compose does) or name the proxy's header here.
+_proxy_ssl_header = env_str("SECURE_PROXY_SSL_HEADER")  # e.g. X-Forwarded-Proto
+if _proxy_ssl_header:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_" + _proxy_ssl_header.upper().replace("-", "_"), "https")
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", SESSION_COOKIE_SECURE)
+# The container health check asks the process itself over plain HTTP.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", True)
+# Console sessions end after this many seconds, so that roles taken away in the IdP
+# take effect at the latest then.
+SESSION_COOKIE_AGE = env_int("SESSION_COOKIE_AGE", 12 * 3600, minimum=60)
+
+# People log in with the organisation's OpenID Connect provider when one is configured:
+# OIDC_DISCOVERY_URL (the issuer URL, or its /.well-known/openid-configuration), or
+# OIDC_ISSUER with the four endpoints. Agents may then also present JWT access tokens
+# from the same provider (gateway/jwt.py).
+OIDC_DISCOVERY_URL = env_str("OIDC_DISCOVERY_URL")
+OIDC_ISSUER = env_str("OIDC_ISSUER")
+OIDC_OP_AUTHORIZATION_ENDPOINT = env_str("OIDC_OP_AUTHORIZATION_ENDPOINT")
+OIDC_OP_TOKEN_ENDPOINT = env_str("OIDC_OP_TOKEN_ENDPOINT")
+OIDC_OP_USER_ENDPOINT = env_str("OIDC_OP_USER_ENDPOINT")
+OIDC_OP_JWKS_ENDPOINT = env_str("OIDC_OP_JWKS_ENDPOINT")
+OIDC_OP_END_SESSION_ENDPOINT = env_str("OIDC_OP_END_SESSION_ENDPOINT")
+_oidc_endpoints = [
+    OIDC_OP_AUTHORIZATION_ENDPOINT,
+    OIDC_OP_TOKEN_ENDPOINT,
+    OIDC_OP_USER_ENDPOINT,
+    OIDC_OP_JWKS_ENDPOINT,
+]
+if OIDC_DISCOVERY_URL and any(_oidc_endpoints):
+    raise ImproperlyConfigured("set OIDC_DISCOVERY_URL or the OIDC_OP_*_ENDPOINT, not both")
+if any(_oidc_endpoints) and not (all(_oidc_endpoints) and OIDC_ISSUER):
+    raise ImproperlyConfigured(
+        "without OIDC_DISCOVERY_URL set OIDC_ISSUER and all of OIDC_OP_AUTHORIZATION_ENDPOINT,"
+        " OIDC_OP_TOKEN_ENDPOINT, OIDC_OP_USER_ENDPOINT and OIDC_OP_JWKS_ENDPOINT"
+    )
+OIDC_ENABLED = bool(OIDC_DISCOVERY_URL or all(_oidc_endpoints))
+OIDC_RP_CLIENT_ID = env_str("OIDC_RP_CLIENT_ID")
+OIDC_RP_CLIENT_SECRET = env_secret("OIDC_RP_CLIENT_SECRET")
+if OIDC_ENABLED and not OIDC_RP_CLIENT_ID:
+    raise ImproperlyConfigured("OpenID Connect is configured: set OIDC_RP_CLIENT_ID too")
+OIDC_RP_SCOPES = env_str("OIDC_RP_SCOPES", "openid email profile groups")
+OIDC_RP_SIGN_ALGO = env_str("OIDC_RP_SIGN_ALGO", "RS256")
+OIDC_PROVIDER_NAME = env_str("OIDC_PROVIDER_NAME", "single sign-on")
+# Every HTTP call to the provider gives up after this many seconds.
+OIDC_TIMEOUT = env_float("OIDC_TIMEOUT", 5.0, minimum=0.1)
+OIDC_USE_PKCE = env_bool("OIDC_USE_PKCE", True)
+OIDC_GROUPS_CLAIM = env_str("OIDC_GROUPS_CLAIM", "groups")
+# Agent access tokens: the claim naming one run of an agent, and the gateway's base
+# resource URI, accepted as audience for every connection besides the connection's own.
+OIDC_RUN_CLAIM = env_str("OIDC_RUN_CLAIM", "run")
+OIDC_AUDIENCE = env_str("OIDC_AUDIENCE", PUBLIC_URL)
+
+
+def _role_map(raw: str) -> dict[str, tuple[str, ...]]:
+    """OIDC_ROLE_MAP, "admin=gw-admins,approver=gw-approvers": IdP group -> role. A role
+    may be named more than once; a group name may hold commas (an LDAP DN)."""
+    import re
+
+    mapping: dict[str, list[str]] = {}
+    roles = ("admin", "approver", "auditor", "viewer")
+    for item in re.split(r",(?=\s*(?:admin|approver|auditor|viewer)\s*=)", raw):
+        if not item.strip():
+            continue
+        role, sep, group = (part.strip() for part in item.partition("="))
+        if not sep or not group or role not in roles:
+            raise ImproperlyConfigured(
+                f"OIDC_ROLE_MAP: {item.strip()!r} is not role=group with role one of {roles}"
+            )
+        mapping.setdefault(role, []).append(group)
+    return {role: tuple(groups) for role, groups in mapping.items()}
+
+
+OIDC_ROLE_MAP = _role_map(env_str("OIDC_ROLE_MAP"))
+if OIDC_ENABLED and not OIDC_ROLE_MAP:
+    raise ImproperlyConfigured(
+        "OpenID Connect is configured: set OIDC_ROLE_MAP, e.g. admin=gw-admins,viewer=gw-viewers"
+    )
+# The ID token is kept in the session for the provider's logout (id_token_hint).
+OIDC_STORE_ID_TOKEN = True
+OIDC_AUTHENTICATION_CALLBACK_URL = "oidc_authentication_callback"
+
+# Password login: the embedded default and break-glass. It may be switched off when
+# OpenID Connect is configured; failed attempts are limited per username and per client
+# address within a window (through the cache).
+PASSWORD_LOGIN = env_bool("PASSWORD_LOGIN", True)
+if not PASSWORD_LOGIN and not OIDC_ENABLED:
+    raise ImproperlyConfigured("PASSWORD_LOGIN=false needs OpenID Connect configured")
+LOGIN_THROTTLE = {
+    "PER_USERNAME": env_int("LOGIN_FAILURES_PER_USERNAME", 5, minimum=1),
+    # Higher: many people may share one address behind a NAT or proxy.
+    "PER_ADDRESS": env_int("LOGIN_FAILURES_PER_ADDRESS", 20, minimum=1),
+    "WINDOW_SECONDS": env_int("LOGIN_FAILURE_WINDOW_SECONDS", 15 * 60, minimum=1),
+}
+AUTHENTICATION_BACKENDS = [
+    *(["django.contrib.auth.backends.ModelBackend"] if PASSWORD_LOGIN else []),
+    "console.oidc.OIDCBackend",
+]
+
+
+def _origin(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else ""
+
+
+# Content Security Policy: everything from this origin only, no inline scripts or styles,
+# never framed. Forms may also lead to the IdP (logout redirects to its end_session).
+SECURE_CSP = {
+    "default-src": ["'self'"],
+    "script-src": ["'self'"],
+    "style-src": ["'self'"],
+    "img-src": ["'self'", "data:"],
+    "connect-src": ["'self'"],
+    "object-src": ["'none'"],
+    "base-uri": ["'self'"],
+    "form-action": [
+        "'self'",
+        *sorted(
+            {
+                origin
+                for url in (OIDC_DISCOVERY_URL, OIDC_ISSUER, OIDC_OP_END_SESSION_ENDPOINT)
+                if (origin := _origin(url))
+            }
+        ),
+    ],
+    "frame-ancestors": ["'none'"],
+}
+
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "console.authentication.ApiTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "MCP Gateway API",
+    "DESCRIPTION": "What the console does, for scripts: connections, tokens, masking rules, "
+    "policies, approvals and the audit trail.",
+    "VERSION": "1",
+    # The schema and docs are for people with a console role (or an api token of one).
+    "SERVE_PERMISSIONS": ["console.api.HasConsoleRole"],
+    # Swagger UI from our own static files: no CDN, and scripts from 'self' only.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+}
+
+# Email (approval notifications). Without EMAIL_HOST mail is written to the log.
+_smtp_host = env_str("EMAIL_HOST")
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "mcp-gateway@localhost")
+MAILERS = {
+    "default": (
+        {
+            "BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+            "OPTIONS": {
+                "host": _smtp_host,
+                "port": env_int("EMAIL_PORT", 587, minimum=1),
+                "username": env_str("EMAIL_HOST_USER"),
+                "password": env_secret("EMAIL_HOST_PASSWORD"),
+                "use_tls": env_bool("EMAIL_USE_TLS", True),
+                "timeout": 10,
+            },
+        }
+        if _smtp_host
+        else {"BACKEND": "django.core.mail.backends.console.EmailBackend"}
+    )
 }
 
 # The MCP data path.

@@ -173,6 +173,18 @@ def gateway(
         )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _audit_keys_outside_the_checkout(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Checkpoints and the signing key of the test process go to a temporary directory,
+    never into the checkout's var/."""
+    from audit import checkpoints
+
+    directory = tmp_path_factory.mktemp("audit")
+    settings.AUDIT["CHECKPOINT_DIR"] = str(directory / "checkpoints")
+    settings.AUDIT["SIGNING_KEY_FILE"] = str(directory / "signing.pem")
+    checkpoints.signing_key.cache_clear()
+
+
 @pytest.fixture(autouse=True)
 def _allow_flushing_the_audit_trail(request: pytest.FixtureRequest) -> Iterator[None]:
     """Transactional tests end with a TRUNCATE of every table, which the audit trail's

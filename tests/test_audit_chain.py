@@ -479,11 +479,6 @@ def test_verify_since_starts_mid_chain(signed):
 
 
 @pytest.mark.django_db
-@pytest.mark.xfail(
-    strict=True,
-    reason="verify does not compare the chain with its head row: an unsigned tail "
-    "deleted without moving AuditHead goes unnoticed",
-)
 def test_tail_cut_after_the_last_checkpoint_is_detected_by_the_head(signed):
     needs_postgres()
     make_chain(CHAIN_LENGTH)
@@ -497,12 +492,6 @@ def test_tail_cut_after_the_last_checkpoint_is_detected_by_the_head(signed):
 
 
 @pytest.mark.django_db
-@pytest.mark.xfail(
-    strict=True,
-    reason="verify reads from record 1 even when an anchor says the chain starts later, "
-    "so records left before the anchor (a failed archive, a restored backup) are "
-    "reported as a missing record that is in fact present",
-)
 def test_records_left_before_the_anchor_do_not_fail_verification(signed):
     make_chain(CHAIN_LENGTH)
     sign(CHECKPOINT_AT)
@@ -807,11 +796,6 @@ def post_modern(url: str, token: str, body: dict[str, Any]) -> httpx.Response:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="audit.recorder stores the JSON-RPC method uncut (varchar 200 in Postgres) and "
-    "text fields with NUL: the write fails and the call is refused as if the trail were down",
-)
 @pytest.mark.parametrize(
     ("method", "tool"),
     [("tools/" + "x" * 300, "weather"), ("tools/call", "weather\x00")],
@@ -836,12 +820,6 @@ def test_odd_but_valid_requests_are_recorded_not_refused(
     assert any(r["rpc_method"] not in ("server/discover", None) for r in demo_upstream.seen())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a lone surrogate (JSON allows \\ud800) fails the audit write (Postgres and "
-    "RFC 8785 refuse it); once recorded, gateway.jsonrpc.dumps fails on it: a 500 and a "
-    "call left without an outcome",
-)
 def test_lone_surrogate_in_arguments_gets_a_json_rpc_answer(
     alice, signed, gateway: Server, demo_upstream: Server
 ):
