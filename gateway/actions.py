@@ -1,5 +1,6 @@
 """State changes on connections and tokens. Each is one explicit function."""
 
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -14,7 +15,18 @@ from .models import AgentToken, Connection, Era, Transport
 
 # Transports the data path can reach today; the others are accepted by the model so that
 # connections can be registered ahead, and are refused here until their client exists.
-SUPPORTED_TRANSPORTS = (Transport.STREAMABLE_HTTP,)
+SUPPORTED_TRANSPORTS = (Transport.STREAMABLE_HTTP, Transport.STDIO)
+
+
+@dataclass(frozen=True)
+class StdioSpec:
+    """The registered command of a stdio connection. env=None keeps the stored variables."""
+
+    command: str
+    args: tuple[str, ...] = ()
+    cwd: str = ""
+    env: dict[str, str] | None = None
+    max_processes: int = 8
 
 
 @transaction.atomic
@@ -28,6 +40,7 @@ def save_connection(
     actor: Any = None,
     transport: str | None = None,
     create_only: bool = False,
+    stdio: StdioSpec | None = None,
 ) -> tuple[Connection, bool]:
     """Create or update a connection. headers=None keeps the stored credentials;
     transport=None keeps the stored transport (Streamable HTTP for a new connection).
@@ -44,6 +57,13 @@ def save_connection(
         connection = Connection(slug=slug)
     if transport is not None:
         connection.transport = transport
+    if stdio is not None:
+        connection.command = stdio.command
+        connection.args = list(stdio.args)
+        connection.cwd = stdio.cwd
+        connection.max_processes = stdio.max_processes
+        if stdio.env is not None:
+            connection.set_env(stdio.env)
     if connection.url != url:
         # A new upstream may speak another era.
         connection.era = Era.UNKNOWN
@@ -120,6 +140,10 @@ def _connection_state(connection: Connection) -> dict[str, Any]:
         "url": connection.url,
         "enabled": connection.enabled,
         "credential_headers": list(connection.header_names),
+        "command": connection.command,
+        "args": list(connection.args or ()),
+        "cwd": connection.cwd,
+        "environment": list(connection.env_names),
     }
 
 

@@ -316,9 +316,7 @@ async def _handle(exchange: Exchange) -> None:
             403, jsonrpc.INVALID_REQUEST, f"Forbidden: you have no grant for {slug!r}"
         )
         return
-    upstream = upstream_for(
-        connection.id, connection.slug, connection.url, connection.headers, connection.stamp
-    )
+    upstream = upstream_for(connection)
     handler = Handler(exchange, identity, connection, upstream)
     if exchange.method == "POST":
         await handler.post()
@@ -650,7 +648,7 @@ class Handler:
             )
             return
         status = reply.status
-        body = await reply.response.aread()
+        body = await reply.read_body()
         await reply.aclose()
         if status < 300:
             await self.exchange.respond(202)

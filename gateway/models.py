@@ -43,6 +43,14 @@ class Connection(models.Model):
         max_length=20, choices=Transport.choices, default=Transport.STREAMABLE_HTTP
     )
     url = models.URLField(max_length=2000, blank=True)
+    # transport=stdio: the registered command, its arguments and working directory, and
+    # environment variables (names shown, values encrypted like credentials).
+    command = models.CharField(max_length=1000, blank=True)
+    args = models.JSONField(default=list, blank=True)
+    cwd = models.CharField(max_length=1000, blank=True)
+    env_names = models.JSONField(default=list, blank=True)
+    env_ciphertext = models.TextField(blank=True)
+    max_processes = models.PositiveIntegerField(default=8)
     # Header names are shown in the console; their values are credentials and only ever
     # stored encrypted, and never shown again after they are saved.
     header_names = models.JSONField(default=list, blank=True)
@@ -63,6 +71,10 @@ class Connection(models.Model):
                 condition=~models.Q(transport="streamable_http") | ~models.Q(url=""),
                 name="connection_http_needs_url",
             ),
+            models.CheckConstraint(
+                condition=~models.Q(transport="stdio") | ~models.Q(command=""),
+                name="connection_stdio_needs_command",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -71,6 +83,17 @@ class Connection(models.Model):
     def set_headers(self, headers: dict[str, str]) -> None:
         self.header_names = sorted(headers)
         self.headers_ciphertext = encrypt_json(headers) if headers else ""
+
+    def set_env(self, env: dict[str, str]) -> None:
+        self.env_names = sorted(env)
+        self.env_ciphertext = encrypt_json(env) if env else ""
+
+    def get_env(self) -> dict[str, str]:
+        if not self.env_ciphertext:
+            return {}
+        value = decrypt_json(self.env_ciphertext)
+        assert isinstance(value, dict)
+        return value
 
     def get_headers(self) -> dict[str, str]:
         if not self.headers_ciphertext:

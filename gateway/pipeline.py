@@ -55,6 +55,12 @@ class ConnectionInfo:
     enabled: bool
     headers: dict[str, str]
     stamp: str
+    transport: str = "streamable_http"
+    command: str = ""
+    args: tuple[str, ...] = ()
+    cwd: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    max_processes: int = 8
 
 
 @dataclass(slots=True)

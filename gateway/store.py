@@ -27,6 +27,12 @@ def _connection(slug: str) -> ConnectionInfo | None:
         enabled=connection.enabled,
         headers=connection.get_headers(),
         stamp=connection.updated_at.isoformat(),
+        transport=connection.transport,
+        command=connection.command,
+        args=tuple(str(a) for a in connection.args or ()),
+        cwd=connection.cwd,
+        env=connection.get_env(),
+        max_processes=connection.max_processes,
     )
 
 

@@ -63,6 +63,9 @@ class Reply:
     def session_id(self) -> str | None:
         return self.response.headers.get("mcp-session-id")
 
+    async def read_body(self) -> bytes:
+        return await self._read()
+
     async def read_message(self) -> Message | None:
         """The single JSON-RPC message of a JSON reply (None for an empty 202)."""
         body = await self._read()
@@ -381,23 +384,39 @@ class InitializeRefused(Exception):
 
 @dataclass(slots=True)
 class _Entry:
-    stamp: tuple[str, str, str]
-    upstream: Upstream
+    stamp: str
+    upstream: Any
 
 
 _registry: dict[int, _Entry] = {}
 
 
-def upstream_for(
-    connection_id: int, slug: str, url: str, headers: dict[str, str], stamp: str
-) -> Upstream:
-    """The process's client for a connection, rebuilt when the connection was edited."""
-    key = (slug, url, stamp)
-    entry = _registry.get(connection_id)
-    if entry is not None and entry.stamp == key:
+def upstream_for(connection: Any) -> Any:
+    """The process's client for a connection (HTTP or stdio), rebuilt when it was edited."""
+    entry = _registry.get(connection.id)
+    if entry is not None and entry.stamp == connection.stamp:
         return entry.upstream
     if entry is not None:
         asyncio.get_running_loop().create_task(entry.upstream.aclose())
-    upstream = Upstream(slug=slug, url=url, headers=headers)
-    _registry[connection_id] = _Entry(key, upstream)
+    if connection.transport == "stdio":
+        from .stdio import StdioUpstream
+
+        upstream: Any = StdioUpstream(
+            slug=connection.slug,
+            command=connection.command,
+            args=list(connection.args),
+            cwd=connection.cwd,
+            env=dict(connection.env),
+            max_processes=connection.max_processes,
+        )
+    else:
+        upstream = Upstream(slug=connection.slug, url=connection.url, headers=connection.headers)
+    _registry[connection.id] = _Entry(connection.stamp, upstream)
     return upstream
+
+
+async def close_all() -> None:
+    """End every upstream session and process (at shutdown)."""
+    entries = list(_registry.values())
+    _registry.clear()
+    await asyncio.gather(*(e.upstream.aclose() for e in entries), return_exceptions=True)

@@ -24,6 +24,8 @@ def start() -> None:
 
 
 def _run() -> None:
+    # Celery finds the apps' tasks modules on this call (autodiscovery is lazy).
+    current_app.loader.import_default_modules()
     schedule = {
         name: (entry["task"], float(entry["schedule"]))
         for name, entry in settings.CELERY_BEAT_SCHEDULE.items()

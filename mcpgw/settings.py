@@ -433,6 +433,10 @@ GATEWAY = {
     "ALLOWED_ORIGINS": env_list("GATEWAY_ALLOWED_ORIGINS", []),
     # Idle legacy-era downstream sessions expire after this many seconds.
     "SESSION_IDLE_TIMEOUT": env_int("GATEWAY_SESSION_IDLE_TIMEOUT", 24 * 3600, minimum=60),
+    # stdio upstreams: a server process without calls for this long is stopped.
+    "STDIO_IDLE_SECONDS": env_int("GATEWAY_STDIO_IDLE_SECONDS", 300, minimum=1),
+    # ... and a new one may take this long to answer initialize.
+    "STDIO_START_TIMEOUT": env_float("GATEWAY_STDIO_START_TIMEOUT", 30.0, minimum=1.0),
     # Seconds to keep an upstream's detected protocol era before probing again.
     "ERA_CACHE_SECONDS": env_int("GATEWAY_ERA_CACHE_SECONDS", 3600, minimum=0),
 }

@@ -1,0 +1,446 @@
+"""Upstream MCP servers that are local commands speaking JSON-RPC over stdio.
+
+Only commands an admin registered on a connection ever run; nothing an agent sends
+reaches a command line. Processes:
+- one per legacy-era agent session (an MCP stdio server holds one session), and one
+  shared per connection for 2026-07-28 agents, which are stateless (the gateway opens
+  the session with the server itself and declares no client capabilities);
+- started on demand, ended with the agent's session (DELETE), after
+  GATEWAY_STDIO_IDLE_SECONDS without a call, or at shutdown: stdin closed first, then
+  SIGTERM, then SIGKILL;
+- at most `max_processes` per connection and gateway process;
+- a crash fails the calls in flight with a clear error, and the session's next call
+  starts a fresh process (re-initialized with the agent's original parameters);
+- stderr goes to the gateway's log under the connection's name.
+A session's process lives in the gateway process that started it: with several gateway
+processes, route a session's requests to one of them (see README) or each process
+starts its own server process for the session when a request lands there.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+
+from . import jsonrpc, protocol, sse
+from .jsonrpc import Message
+from .upstream import InitializeRefused, LegacySession, SessionExpired, UpstreamFailure
+
+log = logging.getLogger(__name__)
+
+LINE_LIMIT = 32 * 1024 * 1024
+# Environment a registered command starts with, besides its own configured variables.
+BASE_ENV = ("PATH", "LANG", "LC_ALL", "HOME", "TMPDIR", "VIRTUAL_ENV", "PYTHONPATH")
+
+
+class StdioProcess:
+    """One running server: its stdin for requests, its stdout routed back to callers."""
+
+    def __init__(self, upstream: "StdioUpstream", key: str) -> None:
+        self.upstream = upstream
+        self.key = key
+        self.process: asyncio.subprocess.Process | None = None
+        self.pending: dict[Any, asyncio.Queue[Message | None]] = {}
+        self.listeners: list[asyncio.Queue[Message | None]] = []
+        self.last_used = time.monotonic()
+        self.exit_reason = ""
+        self._tasks: list[asyncio.Task[None]] = []
+        self._write_lock = asyncio.Lock()
+        self._ids = 0
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+    async def start(self) -> None:
+        spec = self.upstream
+        env = {name: os.environ[name] for name in BASE_ENV if name in os.environ}
+        env.update(spec.env)
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                spec.command,
+                *spec.args,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                cwd=spec.cwd or None,
+                env=env,
+                limit=LINE_LIMIT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise UpstreamFailure(
+                jsonrpc.UPSTREAM_UNAVAILABLE,
+                f"upstream {spec.slug}: cannot start {spec.command!r}: {exc.strerror or exc}",
+            ) from None
+        self._tasks = [
+            asyncio.ensure_future(self._read_stdout()),
+            asyncio.ensure_future(self._read_stderr()),
+        ]
+
+    async def _read_stdout(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        try:
+            while True:
+                try:
+                    line = await self.process.stdout.readline()
+                except ValueError:
+                    log.warning(
+                        "upstream %s wrote a line over %d bytes", self.upstream.slug, LINE_LIMIT
+                    )
+                    continue
+                if not line:
+                    break
+                try:
+                    message = jsonrpc.validate(json.loads(line))
+                except (ValueError, jsonrpc.InvalidMessage):
+                    log.warning(
+                        "upstream %s wrote something that is not JSON-RPC; ignored",
+                        self.upstream.slug,
+                    )
+                    continue
+                self._route(message)
+        finally:
+            code = await self.process.wait()
+            self.exit_reason = f"the server process exited (code {code})"
+            for queue in [*self.pending.values(), *self.listeners]:
+                queue.put_nowait(None)
+
+    async def _read_stderr(self) -> None:
+        assert self.process is not None and self.process.stderr is not None
+        server_log = logging.getLogger(f"gateway.upstream.{self.upstream.slug}")
+        while True:
+            line = await self.process.stderr.readline()
+            if not line:
+                return
+            server_log.info("%s", line.decode(errors="replace").rstrip()[:2000])
+
+    def _route(self, message: Message) -> None:
+        if message.is_response:
+            queue = self.pending.get(message.id)
+            if queue is not None:
+                queue.put_nowait(message)
+            return
+        # Progress belongs to the call that asked for it; other notifications and the
+        # server's own requests go to the calls in flight, or else to the GET stream.
+        token = (
+            message.params.get("progressToken")
+            if message.method == "notifications/progress"
+            else None
+        )
+        targets = [q for rid, q in self.pending.items() if token is not None and rid == token]
+        if not targets:
+            targets = list(self.pending.values())[-1:] or self.listeners[-1:]
+        for queue in targets:
+            queue.put_nowait(message)
+
+    async def write(self, payload: dict[str, Any]) -> None:
+        if not self.alive:
+            raise SessionExpired
+        assert self.process is not None and self.process.stdin is not None
+        async with self._write_lock:
+            try:
+                self.process.stdin.write(jsonrpc.dumps(payload) + b"\n")
+                await self.process.stdin.drain()
+            except (BrokenPipeError, ConnectionResetError):
+                reason = self.exit_reason or "the server process is gone"
+                raise UpstreamFailure(
+                    jsonrpc.UPSTREAM_UNAVAILABLE, f"upstream {self.upstream.slug}: {reason}"
+                ) from None
+        self.last_used = time.monotonic()
+
+    def next_id(self) -> str:
+        self._ids += 1
+        return f"gw-{self._ids}"
+
+    async def close(self) -> None:
+        """Close stdin, then SIGTERM, then SIGKILL, waiting a little between each."""
+        process = self.process
+        if process is None:
+            return
+        if process.returncode is None:
+            if process.stdin is not None:
+                with contextlib.suppress(Exception):
+                    process.stdin.close()
+            for sig in (None, signal.SIGTERM, signal.SIGKILL):
+                if sig is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(process.pid, sig)
+                try:
+                    await asyncio.wait_for(process.wait(), timeout=2.0)
+                    break
+                except TimeoutError:
+                    continue
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+@dataclass
+class StdioReply:
+    """The answer to one request: the messages the server writes until its response."""
+
+    process: StdioProcess
+    request_id: Any
+    queue: asyncio.Queue[Message | None]
+    name: str
+    status: int = 200
+    size: int = 0
+    is_sse: bool = True
+    session_id: str | None = None
+    closed: bool = False
+    timeout: float | None = None
+
+    async def events(self) -> AsyncIterator[tuple[sse.Event, Message | None]]:
+        timeout = self.timeout or settings.GATEWAY["UPSTREAM_TIMEOUT"]
+        while True:
+            try:
+                message = await asyncio.wait_for(self.queue.get(), timeout)
+            except TimeoutError:
+                raise UpstreamFailure(
+                    jsonrpc.UPSTREAM_TIMEOUT,
+                    f"upstream {self.name} stopped answering for {timeout:g} s",
+                    outcome="timeout",
+                ) from None
+            if message is None:
+                reason = self.process.exit_reason or "the server process ended"
+                raise UpstreamFailure(
+                    jsonrpc.UPSTREAM_UNAVAILABLE, f"upstream {self.name}: {reason}"
+                )
+            yield sse.Event(data=""), message
+            if message.is_response and message.id == self.request_id:
+                return
+
+    async def first_response(self) -> Message:
+        async for _event, message in self.events():
+            if message is not None and message.is_response and message.id == self.request_id:
+                return message
+        raise AssertionError("unreachable")
+
+    async def read_message(self) -> Message | None:
+        return await self.first_response()
+
+    async def read_body(self) -> bytes:
+        return b""
+
+    async def aclose(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.process.pending.pop(self.request_id, None)
+
+
+@dataclass
+class Accepted:
+    """The reply to a notification or a response written to the server."""
+
+    status: int = 202
+    is_sse: bool = False
+    session_id: str | None = None
+    size: int = 0
+
+    async def read_body(self) -> bytes:
+        return b""
+
+    async def aclose(self) -> None:
+        return None
+
+
+@dataclass
+class StdioUpstream:
+    """The gateway's client for one stdio connection, with the same interface as the
+    HTTP `Upstream` so the data path treats both alike."""
+
+    slug: str
+    command: str
+    args: list[str]
+    cwd: str
+    env: dict[str, str]
+    max_processes: int
+    processes: dict[str, StdioProcess] = field(default_factory=dict)
+    _shared: LegacySession | None = field(default=None, init=False)
+    _shared_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
+    _sweeper: asyncio.Task[None] | None = field(default=None, init=False)
+
+    @property
+    def name(self) -> str:
+        return self.slug
+
+    def forget_era(self) -> None:
+        return None
+
+    async def is_modern(self) -> bool:
+        # Spoken to as a legacy-era server: every stdio server answers initialize.
+        return False
+
+    async def discover_result(self) -> dict[str, Any] | None:
+        return None
+
+    async def _spawn(self) -> StdioProcess:
+        self._reap()
+        if len(self.processes) >= self.max_processes:
+            raise UpstreamFailure(
+                jsonrpc.UPSTREAM_UNAVAILABLE,
+                f"upstream {self.slug} already runs {self.max_processes} processes, its limit; "
+                "end an agent session or try again later",
+            )
+        key = f"stdio-{secrets.token_hex(12)}"
+        process = StdioProcess(self, key)
+        await process.start()
+        self.processes[key] = process
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.ensure_future(self._sweep())
+        return process
+
+    def _reap(self) -> None:
+        for key, process in list(self.processes.items()):
+            if not process.alive:
+                self.processes.pop(key, None)
+
+    async def _sweep(self) -> None:
+        idle = settings.GATEWAY["STDIO_IDLE_SECONDS"]
+        while self.processes:
+            await asyncio.sleep(min(idle, 30))
+            now = time.monotonic()
+            for key, process in list(self.processes.items()):
+                busy = process.pending or process.listeners
+                if not process.alive or (not busy and now - process.last_used > idle):
+                    self.processes.pop(key, None)
+                    await process.close()
+
+    async def initialize(self, params: dict[str, Any]) -> LegacySession:
+        process = await self._spawn()
+        try:
+            reply = await self._request(
+                process,
+                {"jsonrpc": "2.0", "id": "gateway-init", "method": "initialize", "params": params},
+            )
+            message = await reply.first_response()
+            await reply.aclose()
+            if "error" in message.payload:
+                error = message.payload["error"]
+                raise InitializeRefused(error if isinstance(error, dict) else {}, 200)
+            result = message.payload.get("result")
+            if not isinstance(result, dict) or not isinstance(result.get("protocolVersion"), str):
+                raise UpstreamFailure(
+                    jsonrpc.UPSTREAM_PROTOCOL_ERROR,
+                    f"upstream {self.slug} answered initialize without a protocol version",
+                )
+            await process.write({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        except BaseException:
+            self.processes.pop(process.key, None)
+            await process.close()
+            raise
+        return LegacySession(process.key, result["protocolVersion"], result)
+
+    async def _request(self, process: StdioProcess, payload: dict[str, Any]) -> StdioReply:
+        request_id = payload["id"]
+        queue: asyncio.Queue[Message | None] = asyncio.Queue()
+        process.pending[request_id] = queue
+        try:
+            await process.write(payload)
+        except BaseException:
+            process.pending.pop(request_id, None)
+            raise
+        return StdioReply(process, request_id, queue, self.slug)
+
+    def _process(self, session_id: str | None) -> StdioProcess:
+        process = self.processes.get(session_id or "")
+        if process is None or not process.alive:
+            # Gone (crashed, idle, or started by another gateway process): the data path
+            # re-initializes, as for an HTTP upstream that forgot a session.
+            self.processes.pop(session_id or "", None)
+            raise SessionExpired
+        return process
+
+    async def post(
+        self,
+        message: dict[str, Any] | bytes,
+        *,
+        session_id: str | None = None,
+        protocol_version: str | None = None,
+        extra: dict[str, str] | None = None,
+    ) -> StdioReply | Accepted:
+        payload = json.loads(message) if isinstance(message, bytes) else message
+        process = self._process(session_id)
+        if "method" in payload and "id" in payload:
+            if payload["id"] in process.pending:
+                raise UpstreamFailure(
+                    jsonrpc.UPSTREAM_PROTOCOL_ERROR, "a request with this id is already in flight"
+                )
+            return await self._request(process, payload)
+        await process.write(payload)
+        return Accepted()
+
+    async def send(
+        self,
+        method: str,
+        *,
+        body: bytes | None = None,
+        session_id: str | None = None,
+        protocol_version: str | None = None,
+        extra: dict[str, str] | None = None,
+        accept: str = "",
+    ) -> "StdioReply | Accepted":
+        if method == "DELETE":
+            process = self.processes.pop(session_id or "", None)
+            if process is not None:
+                await process.close()
+            return Accepted(status=200)
+        if method == "GET":
+            process = self._process(session_id)
+            queue: asyncio.Queue[Message | None] = asyncio.Queue()
+            process.listeners.append(queue)
+            return _ListenerReply(process, queue, self.slug)
+        raise UpstreamFailure(jsonrpc.UPSTREAM_PROTOCOL_ERROR, f"{method} is not used with stdio")
+
+    async def shared_session(self, *, renew: LegacySession | None = None) -> LegacySession:
+        async with self._shared_lock:
+            alive = self._shared is not None and self._shared.session_id in self.processes
+            if not alive or self._shared is renew:
+                self._shared = await self.initialize(protocol.gateway_initialize_params())
+            assert self._shared is not None
+            return self._shared
+
+    async def end_session(self, session: LegacySession) -> None:
+        await self.send("DELETE", session_id=session.session_id)
+
+    async def aclose(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        processes = list(self.processes.values())
+        self.processes.clear()
+        await asyncio.gather(*(p.close() for p in processes), return_exceptions=True)
+
+
+@dataclass
+class _ListenerReply:
+    """The GET stream: what the server sends that belongs to no call in flight."""
+
+    process: StdioProcess
+    queue: asyncio.Queue[Message | None]
+    name: str
+    status: int = 200
+    is_sse: bool = True
+    session_id: str | None = None
+
+    async def events(self) -> AsyncIterator[tuple[sse.Event, Message | None]]:
+        while True:
+            message = await self.queue.get()
+            if message is None:
+                return
+            yield sse.Event(data=""), message
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(ValueError):
+            self.process.listeners.remove(self.queue)
