@@ -292,7 +292,6 @@ OIDC_RP_CLIENT_SECRET = env_secret("OIDC_RP_CLIENT_SECRET")
 if OIDC_ENABLED and not OIDC_RP_CLIENT_ID:
     raise ImproperlyConfigured("OpenID Connect is configured: set OIDC_RP_CLIENT_ID too")
 OIDC_RP_SCOPES = env_str("OIDC_RP_SCOPES", "openid email profile groups")
-OIDC_RP_SIGN_ALGO = env_str("OIDC_RP_SIGN_ALGO", "RS256")
 OIDC_PROVIDER_NAME = env_str("OIDC_PROVIDER_NAME", "single sign-on")
 # Every HTTP call to the provider gives up after this many seconds.
 OIDC_TIMEOUT = env_float("OIDC_TIMEOUT", 5.0, minimum=0.1)
@@ -509,5 +508,7 @@ LOGGING = {
         "django.channels.server": {"level": "WARNING"},
         "httpx": {"level": "WARNING"},
         "daphne": {"level": "WARNING"},
+        # Every periodic task's success is not news.
+        "celery.app.trace": {"level": "WARNING"},
     },
 }
