@@ -186,6 +186,17 @@ def _audit_keys_outside_the_checkout(tmp_path_factory: pytest.TempPathFactory) -
 
 
 @pytest.fixture(autouse=True)
+def _fresh_cache(settings: object, request: pytest.FixtureRequest) -> None:
+    """Each test gets its own cache, so login rate limits never leak between tests."""
+    settings.CACHES = {  # type: ignore[attr-defined]
+        "default": {
+            "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+            "LOCATION": request.node.nodeid,
+        }
+    }
+
+
+@pytest.fixture(autouse=True)
 def _allow_flushing_the_audit_trail(request: pytest.FixtureRequest) -> Iterator[None]:
     """Transactional tests end with a TRUNCATE of every table, which the audit trail's
     triggers refuse unless the session says it is archiving."""
