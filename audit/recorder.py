@@ -48,6 +48,7 @@ def _caller(call: "Call") -> dict[str, Any]:
         "username": identity.username,
         "token": identity.token_display,
         "run_label": identity.run_label,
+        "subject": identity.subject,
         "client_address": call.client_address,
         "connection": call.connection.slug,
         "session": call.session_digest or "",

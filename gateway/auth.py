@@ -10,13 +10,16 @@ from .models import TOKEN_PREFIX, AgentToken
 
 @dataclass(frozen=True, slots=True)
 class Identity:
+    """Who calls: a gateway token's owner, or an IdP subject (then token_id is None)."""
+
     user_id: int
     username: str
-    token_id: int
+    token_id: int | None
     token_display: str
     run_label: str
     connection_id: int | None
     scopes: tuple[str, ...]
+    subject: str = ""
 
     def may_use(self, connection_id: int) -> bool:
         return self.connection_id is None or self.connection_id == connection_id
@@ -54,8 +57,56 @@ def _lookup(secret: str) -> Identity | None:
 _lookup_async = sync_to_async(_lookup, thread_sensitive=False)
 
 
-async def authenticate(authorization: str) -> Identity | None:
-    secret = bearer_token(authorization)
-    if secret is None or not secret.startswith(TOKEN_PREFIX) or len(secret) > 200:
+def _idp_identity(secret: str, resource: str, connection_id: int | None) -> Identity | None:
+    """An access token from the organisation's IdP (JWT), for this connection's resource.
+
+    The agent acts as the Django user with the token's email (or, failing that, a user
+    named after its subject, created without a password or roles), so grants and policy
+    apply to it like to anyone; the audit trail records the subject and run."""
+    from django.contrib.auth import get_user_model
+
+    from . import jwt
+
+    claims = jwt.verify_access_token(secret, resource)
+    if claims is None:
         return None
-    return await _lookup_async(secret)
+    User = get_user_model()
+    username = (claims.email or f"oidc:{claims.subject}")[:150]
+    user = User.objects.filter(username=username).first()
+    if user is None:
+        user = User(username=username, email=claims.email)
+        user.set_unusable_password()
+        user.save()
+    if not user.is_active:
+        return None
+    bare = resource.rstrip("/")
+    scoped = claims.matched_audience.rstrip("/") == bare
+    return Identity(
+        user_id=user.pk,
+        username=user.get_username(),
+        token_id=None,
+        token_display=f"oidc:{claims.subject}"[:40],
+        run_label=claims.run[:200],
+        connection_id=connection_id if scoped else None,
+        scopes=("mcp",),
+        subject=f"{claims.issuer} {claims.subject}"[:255],
+    )
+
+
+_idp_async = sync_to_async(_idp_identity, thread_sensitive=False)
+
+
+async def authenticate(
+    authorization: str, resource: str = "", connection_id: int | None = None
+) -> Identity | None:
+    """The caller of a request to `resource` (the connection's URI), or None."""
+    secret = bearer_token(authorization)
+    if secret is None or len(secret) > 8192:
+        return None
+    if secret.startswith(TOKEN_PREFIX):
+        return await _lookup_async(secret) if len(secret) <= 200 else None
+    from . import jwt
+
+    if resource and secret.count(".") == 2 and jwt.enabled():
+        return await _idp_async(secret, resource, connection_id)
+    return None

@@ -282,7 +282,12 @@ async def _handle(exchange: Exchange) -> None:
     if not _origin_allowed(exchange):
         await exchange.respond_error(403, jsonrpc.INVALID_REQUEST, "Forbidden: origin not allowed")
         return
-    identity = await authenticate(exchange.headers.get("authorization", ""))
+    connection = await store.load_connection(slug)
+    identity = await authenticate(
+        exchange.headers.get("authorization", ""),
+        f"{_base_url(exchange)}/mcp/{slug}",
+        connection.id if connection is not None else None,
+    )
     if identity is None:
         challenge = (
             f'Bearer resource_metadata="{resource_metadata_url(exchange, slug)}"'
@@ -297,7 +302,6 @@ async def _handle(exchange: Exchange) -> None:
             headers=[(b"www-authenticate", challenge.encode())],
         )
         return
-    connection = await store.load_connection(slug)
     if connection is None:
         await exchange.respond_error(404, jsonrpc.INVALID_REQUEST, f"No MCP connection {slug!r}")
         return
@@ -510,6 +514,7 @@ class Handler:
         if (
             session is None
             or session.token_id != self.identity.token_id
+            or session.subject != self.identity.subject
             or session.connection_id != self.connection.id
         ):
             return None
@@ -558,6 +563,7 @@ class Handler:
             key,
             connection_id=self.connection.id,
             token_id=self.identity.token_id,
+            subject=self.identity.subject,
             protocol_version=str(result.get("protocolVersion", requested)),
             initialize_params=params,
             upstream_session_id=upstream_id,

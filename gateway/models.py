@@ -168,7 +168,9 @@ class DownstreamSession(models.Model):
 
     key_digest = models.CharField(max_length=64, primary_key=True)
     connection = models.ForeignKey(Connection, on_delete=models.CASCADE)
-    token = models.ForeignKey(AgentToken, on_delete=models.CASCADE)
+    # The credential the session is bound to: a gateway token, or an IdP subject.
+    token = models.ForeignKey(AgentToken, null=True, blank=True, on_delete=models.CASCADE)
+    subject = models.CharField(max_length=255, blank=True)
     protocol_version = models.CharField(max_length=20)
     # The agent's initialize params, replayed when the upstream session must be re-created.
     initialize_params = models.JSONField(default=dict)

@@ -43,27 +43,30 @@ load_connection = sync_to_async(_connection, thread_sensitive=False)
 class SessionInfo:
     key_digest: str
     connection_id: int
-    token_id: int
+    token_id: int | None
     protocol_version: str
     initialize_params: dict[str, Any]
     upstream_session_id: str
     upstream_protocol_version: str
+    subject: str = ""
 
 
 def _create_session(
     key: str,
     *,
     connection_id: int,
-    token_id: int,
+    token_id: int | None,
     protocol_version: str,
     initialize_params: dict[str, Any],
     upstream_session_id: str,
     upstream_protocol_version: str,
+    subject: str = "",
 ) -> None:
     DownstreamSession.objects.create(
         key_digest=digest(key),
         connection_id=connection_id,
         token_id=token_id,
+        subject=subject,
         protocol_version=protocol_version,
         initialize_params=initialize_params,
         upstream_session_id=upstream_session_id,
@@ -88,6 +91,7 @@ def _get_session(key: str) -> SessionInfo | None:
         initialize_params=row.initialize_params,
         upstream_session_id=row.upstream_session_id,
         upstream_protocol_version=row.upstream_protocol_version,
+        subject=row.subject,
     )
 
 

@@ -162,10 +162,18 @@ def gateway(
     server = start_gateway(gateway_data_dir)
     yield server
     stop(server.process)
-    # Async tests touch the ORM from their own task context, whose connections Django
-    # never closes; end them so the test database can be dropped.
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _end_leftover_connections(django_db_setup: None, django_db_blocker: object) -> Iterator[None]:
+    """Async tests touch the ORM from their own task context, whose connections Django
+    never closes; end them (after every gateway process stopped) so that the test
+    database can be dropped."""
+    yield
     from django.db import connection
 
+    if connection.vendor != "postgresql":
+        return
     with django_db_blocker.unblock(), connection.cursor() as cursor:  # type: ignore[attr-defined]
         cursor.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
