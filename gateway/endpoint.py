@@ -1054,7 +1054,7 @@ class Handler:
                         await exchange.respond_json(reply.status, payload)
                     return
                 await exchange.start_stream()
-                async for event, message in reply.events():
+                async for event, message in reply.events(settings.GATEWAY["UPSTREAM_TIMEOUT"]):
                     if message is None:
                         # Priming events (an id, empty data) and retry hints make the
                         # stream resumable; they pass through as they are.

@@ -1,5 +1,6 @@
 """Server-sent events: an incremental parser for upstream streams and an encoder."""
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -12,14 +13,35 @@ class Event:
     retry: int | None = None
 
 
-async def parse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[Event]:
-    """Yield events as soon as their terminating blank line arrives (no buffering)."""
+class StreamStalled(Exception):
+    """No complete line arrived for the allowed time (bytes trickling in do not count)."""
+
+
+async def parse_events(
+    chunks: AsyncIterator[bytes], line_timeout: float | None = None
+) -> AsyncIterator[Event]:
+    """Yield events as soon as their terminating blank line arrives (no buffering).
+
+    With `line_timeout`, raise StreamStalled when no complete line (an event line or a
+    keep-alive comment) arrived for that long."""
     buffer = b""
     data: list[str] = []
     event_type = ""
     event_id: str | None = None
     retry: int | None = None
-    async for chunk in chunks:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + line_timeout if line_timeout else None
+    iterator = aiter(chunks)
+    while True:
+        try:
+            if deadline is None:
+                chunk = await anext(iterator)
+            else:
+                chunk = await asyncio.wait_for(anext(iterator), max(deadline - loop.time(), 0))
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise StreamStalled from None
         buffer += chunk
         while True:
             cut = _line_end(buffer)
@@ -28,6 +50,8 @@ async def parse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[Event]:
             end, skip = cut
             line = buffer[:end].decode("utf-8", errors="replace")
             buffer = buffer[end + skip :]
+            if deadline is not None and line_timeout is not None:
+                deadline = loop.time() + line_timeout
             if line == "":
                 if data or event_id is not None or retry is not None:
                     yield Event("\n".join(data), event_type or "message", event_id, retry)

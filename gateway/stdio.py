@@ -202,8 +202,10 @@ class StdioReply:
     closed: bool = False
     timeout: float | None = None
 
-    async def events(self) -> AsyncIterator[tuple[sse.Event, Message | None]]:
-        timeout = self.timeout or settings.GATEWAY["UPSTREAM_TIMEOUT"]
+    async def events(
+        self, idle_timeout: float | None = None
+    ) -> AsyncIterator[tuple[sse.Event, Message | None]]:
+        timeout = self.timeout or idle_timeout or settings.GATEWAY["UPSTREAM_TIMEOUT"]
         while True:
             try:
                 message = await asyncio.wait_for(self.queue.get(), timeout)

@@ -81,10 +81,15 @@ class Reply:
                 "a JSON-RPC message",
             ) from None
 
-    async def events(self) -> AsyncIterator[tuple[sse.Event, Message | None]]:
-        """Each SSE event with its JSON-RPC message (None for events without one)."""
+    async def events(
+        self, idle_timeout: float | None = None
+    ) -> AsyncIterator[tuple[sse.Event, Message | None]]:
+        """Each SSE event with its JSON-RPC message (None for events without one).
+
+        An answer's stream must produce a complete line at least every `idle_timeout`
+        seconds (bytes trickling in without one do not count)."""
         try:
-            async for event in sse.parse_events(self.response.aiter_bytes()):
+            async for event in sse.parse_events(self.response.aiter_bytes(), idle_timeout):
                 message = None
                 if event.data:
                     try:
@@ -92,7 +97,7 @@ class Reply:
                     except (ValueError, jsonrpc.InvalidMessage):
                         log.warning("upstream %s sent an invalid SSE message; dropped", self.name)
                 yield event, message
-        except httpx.TimeoutException:
+        except (httpx.TimeoutException, sse.StreamStalled):
             raise UpstreamFailure(
                 jsonrpc.UPSTREAM_TIMEOUT,
                 f"upstream {self.name} stopped answering for "
@@ -124,8 +129,11 @@ class Reply:
 
     async def _read(self) -> bytes:
         try:
-            return await self.response.aread()
-        except httpx.TimeoutException:
+            # A whole JSON answer within the timeout: an upstream trickling bytes is cut off.
+            return await asyncio.wait_for(
+                self.response.aread(), settings.GATEWAY["UPSTREAM_TIMEOUT"]
+            )
+        except (httpx.TimeoutException, TimeoutError):
             raise UpstreamFailure(
                 jsonrpc.UPSTREAM_TIMEOUT,
                 f"upstream {self.name} did not answer within "
