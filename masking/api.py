@@ -4,6 +4,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.permissions import BasePermission
@@ -66,11 +67,26 @@ class Base(APIView):
     permission_classes = [IsAdmin]
 
 
+NOT_FOUND = OpenApiResponse(description="No such rule")
+INVALID_RULE = OpenApiResponse(description="Invalid rule")
+
+
 class RuleListView(Base):
+    @extend_schema(
+        operation_id="masking_rules_list",
+        responses=RuleSerializer(many=True),
+        summary="Masking rules in evaluation order (admins)",
+    )
     def get(self, request: Request) -> Response:
         rules = MaskingRule.objects.select_related("connection").in_evaluation_order()
         return Response(RuleSerializer(rules, many=True).data)
 
+    @extend_schema(
+        operation_id="masking_rules_create",
+        request=RuleSerializer,
+        responses={201: RuleSerializer, 400: INVALID_RULE},
+        summary="Add a masking rule (admins)",
+    )
     def post(self, request: Request) -> Response:
         serializer = RuleSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -79,15 +95,31 @@ class RuleListView(Base):
 
 
 class RuleDetailView(Base):
+    @extend_schema(
+        operation_id="masking_rules_retrieve",
+        responses={200: RuleSerializer, 404: NOT_FOUND},
+        summary="One masking rule (admins)",
+    )
     def get(self, request: Request, pk: int) -> Response:
         return Response(RuleSerializer(get_object_or_404(MaskingRule, pk=pk)).data)
 
+    @extend_schema(
+        operation_id="masking_rules_update",
+        request=RuleSerializer,
+        responses={200: RuleSerializer, 400: INVALID_RULE, 404: NOT_FOUND},
+        summary="Change a masking rule (admins); fields left out stay as they are",
+    )
     def patch(self, request: Request, pk: int) -> Response:
         rule = get_object_or_404(MaskingRule, pk=pk)
         serializer = RuleSerializer(rule, data=request.data, partial=True)
         serializer.is_valid(raise_exception=True)
         return Response(RuleSerializer(_save(serializer, rule, request.user)).data)
 
+    @extend_schema(
+        operation_id="masking_rules_destroy",
+        responses={204: None, 404: NOT_FOUND},
+        summary="Delete a masking rule (admins)",
+    )
     def delete(self, request: Request, pk: int) -> Response:
         actions.delete_rule(get_object_or_404(MaskingRule, pk=pk), actor=request.user)
         return Response(status=status.HTTP_204_NO_CONTENT)

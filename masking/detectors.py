@@ -153,6 +153,20 @@ def _views(text: str) -> _Views:
     return views
 
 
+def _literal_hits(shape: bytes, literals: tuple[bytes, ...]) -> list[int]:
+    """Start positions of the literals in the shape, in order (`bytes.find` is the fastest
+    search there is; hits are few)."""
+    hits = []
+    for literal in literals:
+        position = shape.find(literal)
+        while position != -1:
+            hits.append(position)
+            position = shape.find(literal, position + len(literal))
+    if len(literals) > 1:
+        hits.sort()
+    return hits
+
+
 def _distinct_enough(value: str, minimum: int = 6) -> bool:
     """Rule out placeholders such as xxxxxxxx or 00000000."""
     return len(set(value)) >= min(minimum, len(value))
@@ -238,22 +252,44 @@ _DATE_SHAPE = re.compile(
 _DOTTED_QUAD = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}\Z")
 _SSN_SHAPE = re.compile(r"[0-9]{3}([\- ])[0-9]{2}\1[0-9]{4}\Z")
 _ZIP_PLUS_4 = re.compile(r"[0-9]{5}-[0-9]{4}\Z")
-# Every phone candidate contains one of these on the shape, each with how far before and
-# after it the candidate may reach. Each pattern starts with a multi-character literal, which
-# `re` searches for quickly (an alternation would step through every digit), and rejects
-# numbers glued to words, versions and ids right there, so few windows remain.
+# Every phone candidate contains one of these on the shape (digits are 0): a + and a digit;
+# a ( and two; two groups of at least three digits at the start of a number (NANP and most
+# national formats); four groups of two (French style); ten or eleven digits in a row (bare
+# numbers, which count only after a phone word). Each pattern starts with a literal, which
+# `re` searches for quickly, and rejects in place what is glued to a word or inside a longer
+# number (UUIDs, timestamps, ids), so few hits open a window (from `before` to `after`
+# around the hit) where the full pattern runs.
+_PHONE_SEPARATOR = rb"[ .\-]"
+_NUMBER_STARTS = (
+    b"000" + _PHONE_SEPARATOR + b"000",
+    b"0000" + _PHONE_SEPARATOR + b"000",
+    b"00000" + _PHONE_SEPARATOR + b"000",
+)
+_NUMBER_STARTS += (b"0" + _PHONE_SEPARATOR + _NUMBER_STARTS[0],)
 _PHONE_ANCHORS = tuple(
     (re.compile(pattern), before, after)
     for pattern, before, after in (
-        (rb"\+0(?<![\w.\-/+]\+0)(?![0-9]?:)", 0, 40),
+        (rb"\+0(?<![\w+\-./]\+0)(?!0?:)", 0, 40),
         (rb"\(00", 0, 40),
-        (rb"000[ .\-]000(?<![\w.+/]000[ .\-]000)", 8, 36),
-        (rb"0000[ .\-]000(?<![\w.+/\-]0000[ .\-]000)", 2, 36),
-        (rb"00000[ .\-]000(?<![\w.+/\-]00000[ .\-]000)", 2, 36),
-        (rb"00(?P<s>[ .\-])00(?P=s)00(?P=s)00", 2, 24),
+        (
+            rb"000"
+            + _PHONE_SEPARATOR
+            + rb"000(?:"
+            + rb"|".join(rb"(?<=[^\w\-.+/]%s)|(?<=^%s)" % (g, g) for g in _NUMBER_STARTS)
+            + rb")",
+            8,
+            36,
+        ),
+        (
+            rb"00(?P<s>[ .\-])00(?P=s)00(?P=s)00"
+            rb"(?:(?<=[^\w\-.+/]00[ .\-]00[ .\-]00[ .\-]00)|(?<=^00[ .\-]00[ .\-]00[ .\-]00))",
+            0,
+            24,
+        ),
+        (rb"0000000000(?<![\w\-+]0000000000)(?!00)", 0, 16),
     )
 )
-_PHONE_WORDS = ("phone", "tel", "mobile", "cell", "fax", "sms", "whatsapp", "contact")
+_BARE_ANCHOR = _PHONE_ANCHORS[-1][0]
 _DIGIT_GROUPS = re.compile(r"[0-9]+")
 _NANP_GROUPS = frozenset({(3, 3, 4), (1, 3, 3, 4), (3, 7), (1, 3, 7)})
 _PHONE_CONTEXT = re.compile(
@@ -355,19 +391,14 @@ class PhoneDetector:
     def find(self, text: str) -> Iterator[Finding]:
         # Every candidate contains one of the shape anchors (or follows a phone word); the
         # full pattern runs only in windows around them.
-        views = _views(text)
-        shape = views.shape
+        shape = _views(text).shape
         windows = [
             (m.start() - before, m.start() + after)
             for anchor, before, after in _PHONE_ANCHORS
             for m in anchor.finditer(shape)
+            if anchor is not _BARE_ANCHOR
+            or _PHONE_CONTEXT.search(text[max(0, m.start() - 32) : m.start()].lower())
         ]
-        lowered = views.lower
-        for word in _PHONE_WORDS:
-            pos = lowered.find(word)
-            while pos != -1:
-                windows.append((pos, pos + 64))
-                pos = lowered.find(word, pos + len(word))
         if not windows:
             return
         size = len(text)
@@ -417,8 +448,7 @@ class PhoneDetector:
 # ---------------------------------------------------------------------------------------
 # payment card
 
-# On the shape (digits are 0): the literal 0000 prefix makes `re` skip ahead quickly.
-_CARD = re.compile(
+_CARD = re.compile(  # on the shape (digits are 0)
     rb"""
     0000(?<![\w.\-+/$]0000)(?<!0[ \-]0000)
     (?:
@@ -429,6 +459,14 @@ _CARD = re.compile(
     (?![\w\-+]|\.0)
     """,
     re.VERBOSE,
+)
+# Every card contains one of these literals on the shape; the full pattern runs only there.
+_CARD_ANCHORS = (
+    b"000000000000",
+    b"0000 0000 0000",
+    b"0000-0000-0000",
+    b"0000 000000 0000",
+    b"0000-000000-0000",
 )
 _CARD_CONTEXT = re.compile(
     r"(?<![a-z])(?:card|pan|visa|maestro|mastercard|cc)[a-z_\- ]{0,12}[^a-z0-9]{1,6}\Z"
@@ -479,7 +517,12 @@ class PaymentCardDetector:
     entity = "CARD"
 
     def find(self, text: str) -> Iterator[Finding]:
-        for match in _CARD.finditer(_views(text).shape):
+        shape = _views(text).shape
+        resume = 0
+        for position in _literal_hits(shape, _CARD_ANCHORS):
+            match = _CARD.match(shape, position) if position >= resume else None
+            if match is None:
+                continue
             start = match.start()
             digits = _NON_DIGITS.sub("", text[start : match.end()])
             if len(digits) == 12 and match.end() - start == 12:
@@ -494,6 +537,7 @@ class PaymentCardDetector:
                 and _card_scheme_ok(digits)
                 and luhn_valid(digits)
             ):
+                resume = match.end()
                 yield Finding(start, match.end(), self.entity, self.name)
 
 
@@ -513,7 +557,6 @@ IBAN_LENGTHS = {
     "TL": 23, "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20, "YE": 30,
 }  # fmt: skip
 _IBAN_START = re.compile(rb"AA00")  # on the shape: two capitals and two digits
-_IBAN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
 
 
 def iban_checksum_valid(compact: str) -> bool:
@@ -521,12 +564,19 @@ def iban_checksum_valid(compact: str) -> bool:
     return int("".join(str(int(c, 36)) for c in rearranged)) % 97 == 1
 
 
+@cache
+def _iban_rest(length: int) -> re.Pattern[str]:
+    """The BBAN of an IBAN of this length, compact or in groups of four after single spaces."""
+    groups, remainder = divmod(length - 4, 4)
+    grouped = f"(?: [A-Z0-9]{{4}}){{{groups}}}" + (f" [A-Z0-9]{{{remainder}}}" if remainder else "")
+    return re.compile(f"(?:[A-Z0-9]{{{length - 4}}}|{grouped})(?![A-Za-z0-9])")
+
+
 class IbanDetector:
     name = "iban"
     entity = "IBAN"
 
     def find(self, text: str) -> Iterator[Finding]:
-        size = len(text)
         resume = 0
         for match in _IBAN_START.finditer(_views(text).shape):
             start = match.start()
@@ -535,23 +585,12 @@ class IbanDetector:
             length = IBAN_LENGTHS.get(text[start : start + 2])
             if length is None:
                 continue
-            chars = [text[start : start + 4]]
-            count, i = 4, match.end()
-            while count < length and i < size:
-                char = text[i]
-                if char in _IBAN_CHARS:
-                    chars.append(char)
-                    count += 1
-                elif char == " " and count % 4 == 0 and i + 1 < size and text[i + 1] in _IBAN_CHARS:
-                    pass
-                else:
-                    break
-                i += 1
-            if count != length or (i < size and text[i] in _ALNUM):
+            rest = _iban_rest(length).match(text, start + 4)
+            if rest is None:
                 continue
-            if iban_checksum_valid("".join(chars)):
-                resume = i
-                yield Finding(start, i, self.entity, self.name)
+            if iban_checksum_valid(text[start : start + 4] + rest.group().replace(" ", "")):
+                resume = rest.end()
+                yield Finding(start, rest.end(), self.entity, self.name)
 
 
 # ---------------------------------------------------------------------------------------
@@ -568,6 +607,9 @@ _SSN = re.compile(  # on the shape
     """,
     re.VERBOSE,
 )
+_SSN_ANCHORS = (b"000-00-0000", b"000 00 0000")
+_SSN_BARE_ANCHOR = b"000000000"
+_SSN_WORDS = ("ssn", "ss#", "social")
 _SSN_CONTEXT = re.compile(
     r"(?<![a-z])(?:ssn|ss#|social[ _\-]?security)[a-z_\-. #]{0,12}[^a-z0-9]{1,6}\Z"
 )
@@ -579,7 +621,24 @@ class UsSsnDetector:
     entity = "US_SSN"
 
     def find(self, text: str) -> Iterator[Finding]:
-        for match in _SSN.finditer(_views(text).shape):
+        views = _views(text)
+        shape = views.shape
+        anchors = _literal_hits(shape, _SSN_ANCHORS)
+        lowered = views.lower
+        for word in _SSN_WORDS:  # bare numbers count only shortly after one of these
+            position = lowered.find(word)
+            while position != -1:
+                window_end = position + 40
+                hit = shape.find(_SSN_BARE_ANCHOR, position, window_end)
+                if hit != -1:
+                    anchors.append(hit)
+                position = lowered.find(word, position + len(word))
+        if len(anchors) > 1:
+            anchors.sort()
+        for position in anchors:
+            match = _SSN.match(shape, position)
+            if match is None:
+                continue
             start = match.start()
             digits = _NON_DIGITS.sub("", text[start : match.end()])
             area, group, serial = digits[:3], digits[3:5], digits[5:]
@@ -661,7 +720,7 @@ class IpAddressDetector:
             if match is None:  # pragma: no cover - the anchor guarantees a match
                 pos = anchor.end()
                 continue
-            pos = match.end()
+            pos = max(match.end(), anchor.end())  # the walk back may have reached behind pos
             end = self._valid_v6_end(text, start, match.end())
             if end:
                 yield Finding(start, end, self.entity, self.name)
@@ -1085,7 +1144,7 @@ BUILTIN_DETECTORS: dict[str, Detector] = {
     "github_token": PrefixedTokenDetector(
         "github_token",
         "GITHUB_TOKEN",
-        (r"gh[pousr]_", r"github_pat_"),
+        (r"g(?:h[pousr]|ithub_pat)_",),
         r"(?P<body>[A-Za-z0-9_]{36,251})",
     ),
     "gitlab_token": PrefixedTokenDetector(
@@ -1098,7 +1157,7 @@ BUILTIN_DETECTORS: dict[str, Detector] = {
     "slack_token": PrefixedTokenDetector(
         "slack_token",
         "SLACK_TOKEN",
-        (r"xox[abposre]-", r"xapp-"),
+        (r"x(?:ox[abposre]|app)-",),
         r"(?P<body>[0-9]{1,16}-[A-Za-z0-9\-]{8,250})",
         token_chars=_ALNUM | {"-"},
         strip="-",

@@ -4,6 +4,7 @@ and accuracy floors on the labelled evaluation set, so that a regression fails C
 Plain tests: no database, no Django beyond what conftest imports.
 """
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -269,3 +270,20 @@ def test_accuracy_floors_on_the_evaluation_set() -> None:
         if s.precision < precision_floor or s.recall < recall_floor:
             failures.append(f"{entity}: precision {s.precision:.4f}, recall {s.recall:.4f}")
     assert not failures, failures
+
+
+PATHOLOGICAL = [
+    "1:", "a1:", "1::", "a@", "1.", "password=", "aws ", "Bearer ", "+1 ", "AB12", "eyJ",
+    "-----BEGIN PRIVATE KEY-----\n", "ghp_", "1", "1234 ", "12-34-", "<password>x</password>",
+    "a://b:c@", "AKIA", "0",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("unit", PATHOLOGICAL)
+def test_pathological_input_is_scanned_in_linear_time(unit: str) -> None:
+    # 64 KB of a repeated fragment that keeps anchors firing; an infinite loop or quadratic
+    # rescan would take minutes, the detectors take a few tens of milliseconds.
+    text = unit * (64 * 1024 // len(unit))
+    started = time.process_time()
+    scan(text, ALL)
+    assert time.process_time() - started < 5
