@@ -4,6 +4,7 @@ Run in production with: daphne -b 0.0.0.0 -p 8000 mcpgw.asgi:application
 """
 
 import os
+import re
 
 from django.core.asgi import get_asgi_application
 
@@ -16,6 +17,7 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 import approvals.routing  # noqa: E402
+from gateway import channel_transports  # noqa: E402
 from gateway.endpoint import mcp_app  # noqa: E402
 from mcpgw import periodic  # noqa: E402
 
@@ -24,18 +26,36 @@ periodic.start()
 console_app = ASGIStaticFilesHandler(django_asgi_app)
 
 
+SSE_PATH = re.compile(r"^/mcp/(?P<slug>[a-z0-9][a-z0-9-]{0,63})/(?P<part>sse|messages)/?$")
+WS_MCP_PATH = re.compile(r"^/ws/mcp/(?P<slug>[a-z0-9][a-z0-9-]{0,63})/?$")
+
+# The console's WebSockets check the browser's origin and session; agents' MCP
+# WebSockets authenticate every message with their bearer token instead.
+console_websockets = AllowedHostsOriginValidator(
+    AuthMiddlewareStack(URLRouter(approvals.routing.websocket_urlpatterns))
+)
+
+
 async def http_app(scope, receive, send):  # type: ignore[no-untyped-def]
-    if scope["path"].startswith("/mcp/"):
-        await mcp_app(scope, receive, send)
+    path = scope["path"]
+    if path.startswith("/mcp/"):
+        legacy = SSE_PATH.match(path)
+        if legacy and legacy["part"] == "sse" and scope["method"] == "GET":
+            await channel_transports.sse_stream(scope, receive, send, legacy["slug"])
+        elif legacy and legacy["part"] == "messages" and scope["method"] == "POST":
+            await channel_transports.sse_message(scope, receive, send, legacy["slug"])
+        else:
+            await mcp_app(scope, receive, send)
     else:
         await console_app(scope, receive, send)
 
 
-application = ProtocolTypeRouter(
-    {
-        "http": http_app,
-        "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter(approvals.routing.websocket_urlpatterns))
-        ),
-    }
-)
+async def websocket_app(scope, receive, send):  # type: ignore[no-untyped-def]
+    match = WS_MCP_PATH.match(scope["path"])
+    if match:
+        await channel_transports.websocket_app(scope, receive, send, match["slug"])
+    else:
+        await console_websockets(scope, receive, send)
+
+
+application = ProtocolTypeRouter({"http": http_app, "websocket": websocket_app})
