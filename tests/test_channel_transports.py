@@ -112,7 +112,7 @@ async def test_websocket_agent_uses_tools_with_masking_and_audit(demo):
 
 
 async def test_websocket_needs_the_mcp_subprotocol_and_a_token(demo):
-    base, token = demo
+    base, _token = demo
     with pytest.raises(websockets.exceptions.InvalidStatus):
         await websockets.connect(f"{base.replace('http', 'ws')}/ws/mcp/demo")
     socket = await websockets.connect(
