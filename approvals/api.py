@@ -3,6 +3,7 @@
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.decorators import api_view, authentication_classes, permission_classes
@@ -94,6 +95,29 @@ class DecisionInput(serializers.Serializer[Any]):
     )
 
 
+# -- schema-only: the shapes the views below answer with ---------------------------------
+
+
+class ApprovalListOutput(serializers.Serializer[Any]):
+    results = ApprovalOutput(many=True)
+
+
+NOT_FOUND = OpenApiResponse(description="No such approval")
+DECISION_RESPONSES = {
+    200: ApprovalOutput,
+    400: OpenApiResponse(description="Invalid reason"),
+    403: OpenApiResponse(description="Not an approver, or deciding a call you made yourself"),
+    404: NOT_FOUND,
+    409: OpenApiResponse(description="Already decided, or expired"),
+}
+
+
+@extend_schema(
+    operation_id="approvals_list",
+    parameters=[ApprovalListInput],
+    responses={200: ApprovalListOutput, 400: OpenApiResponse(description="Invalid filters")},
+    summary="Approval requests (held calls), newest first (approvers and admins)",
+)
 @api_view(["GET"])
 @authentication_classes(AUTHENTICATION)
 @permission_classes([CanDecide])
@@ -111,6 +135,11 @@ def approval_list(request: Request) -> Response:
     return Response({"results": ApprovalOutput(found, many=True).data})
 
 
+@extend_schema(
+    operation_id="approvals_retrieve",
+    responses={200: ApprovalOutput, 404: NOT_FOUND},
+    summary="One approval request and its decision (approvers and admins)",
+)
 @api_view(["GET"])
 @authentication_classes(AUTHENTICATION)
 @permission_classes([CanDecide])
@@ -133,6 +162,12 @@ def _decide(request: Request, pk: int, *, approve: bool) -> Response:
     return Response(ApprovalOutput(decided).data)
 
 
+@extend_schema(
+    operation_id="approvals_approve",
+    request=DecisionInput,
+    responses=DECISION_RESPONSES,
+    summary="Approve a pending call, with an optional reason",
+)
 @api_view(["POST"])
 @authentication_classes(AUTHENTICATION)
 @permission_classes([CanDecide])
@@ -140,6 +175,12 @@ def approve(request: Request, pk: int) -> Response:
     return _decide(request, pk, approve=True)
 
 
+@extend_schema(
+    operation_id="approvals_deny",
+    request=DecisionInput,
+    responses=DECISION_RESPONSES,
+    summary="Deny a pending call, with an optional reason",
+)
 @api_view(["POST"])
 @authentication_classes(AUTHENTICATION)
 @permission_classes([CanDecide])
@@ -164,9 +205,24 @@ ACTION_CHOICE_ERROR = {
 }
 
 
+# One schema component for every field holding an action (rule actions and the default
+# action), rather than one enum per field name with the same choices.
+@extend_schema_field(
+    {
+        "type": "string",
+        "enum": Action.values,
+        "description": "allow, deny, or hold (the call waits for an approver).",
+    },
+    component_name="ActionEnum",
+)
+class ActionField(serializers.ChoiceField):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(choices=Action.values, error_messages=ACTION_CHOICE_ERROR, **kwargs)
+
+
 class RuleInput(serializers.Serializer[Any]):
     tool = serializers.CharField(max_length=200, validators=[_tool_pattern])
-    action = serializers.ChoiceField(choices=Action.values, error_messages=ACTION_CHOICE_ERROR)
+    action = ActionField()
     groups = serializers.ListField(
         child=serializers.CharField(max_length=150), required=False, default=list
     )
@@ -181,9 +237,7 @@ class GrantsInput(serializers.Serializer[Any]):
 class PolicyInput(serializers.Serializer[Any]):
     """A whole policy: PUT replaces rules, default action and grants together."""
 
-    default_action = serializers.ChoiceField(
-        choices=Action.values, error_messages=ACTION_CHOICE_ERROR
-    )
+    default_action = ActionField()
     rules = RuleInput(many=True, allow_empty=True)
     grants = GrantsInput()
 
@@ -218,6 +272,48 @@ def save_policy(connection: Any, data: Any, actor: Any) -> PolicySpec:
         raise serializers.ValidationError(exc.message_dict) from None
 
 
+# -- schema-only: the policy document as GET and PUT answer with it -----------------------
+
+
+class PolicyRuleOutput(serializers.Serializer[Any]):
+    tool = serializers.CharField()
+    action = ActionField()
+    groups = serializers.ListField(child=serializers.CharField())
+
+
+class PolicyGrantsOutput(serializers.Serializer[Any]):
+    users = serializers.ListField(child=serializers.CharField())
+    groups = serializers.ListField(child=serializers.CharField())
+    tokens = serializers.ListField(child=serializers.CharField(), help_text="Tokens by public id.")
+
+
+class PolicyOutput(serializers.Serializer[Any]):
+    connection = serializers.SlugField()
+    default_action = ActionField()
+    rules = PolicyRuleOutput(many=True)
+    grants = PolicyGrantsOutput()
+
+
+POLICY_NOT_FOUND = OpenApiResponse(description="No such connection")
+
+
+@extend_schema(
+    methods=["GET"],
+    operation_id="connections_policy_retrieve",
+    responses={200: PolicyOutput, 404: POLICY_NOT_FOUND},
+    summary="A connection's policy: default action, rules and grants (admins)",
+)
+@extend_schema(
+    methods=["PUT"],
+    operation_id="connections_policy_update",
+    request=PolicyInput,
+    responses={
+        200: PolicyOutput,
+        400: OpenApiResponse(description="Invalid policy"),
+        404: POLICY_NOT_FOUND,
+    },
+    summary="Replace a connection's whole policy (admins)",
+)
 @api_view(["GET", "PUT"])
 @authentication_classes(AUTHENTICATION)
 @permission_classes([IsAdmin])
