@@ -8,7 +8,7 @@ UV := $(shell uv --version >/dev/null 2>&1 && echo uv || echo "python3 -m uv")
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/mcpgw
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: install run test lint services node-tools bench
+.PHONY: install run test lint services node-tools system-tools bench
 
 install:
 	@uv --version >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -27,11 +27,14 @@ services:
 node-tools:
 	@bash tests/support/install_node_tools.sh
 
+system-tools:
+	@bash tests/support/install_system_tools.sh
+
 lint: install
 	$(UV) run ruff check .
 	$(UV) run ruff format --check .
 
-test: install services node-tools lint
+test: install services node-tools system-tools lint
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
 		$(UV) run python manage.py makemigrations --check --dry-run
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
