@@ -18,12 +18,14 @@ starts its own server process for the session when a request lands there.
 """
 
 import asyncio
+import atexit
 import contextlib
 import json
 import logging
 import os
 import secrets
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -38,6 +40,28 @@ from .upstream import InitializeRefused, LegacySession, SessionExpired, Upstream
 log = logging.getLogger(__name__)
 
 LINE_LIMIT = 32 * 1024 * 1024
+
+# Process groups of every server this gateway process started, ended at exit even if the
+# event loop is gone (server processes run in their own session, so a signal to the
+# gateway does not reach them).
+_running_groups: set[int] = set()
+
+
+def _end_all_at_exit() -> None:
+    for pgid in list(_running_groups):
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, sig)
+            if sig == signal.SIGTERM:
+                time.sleep(0.2)
+
+
+atexit.register(_end_all_at_exit)
+for _sig in (signal.SIGTERM, signal.SIGINT):
+    _previous = signal.getsignal(_sig)
+    if _previous in (signal.SIG_DFL, None):
+        # Exit normally (running atexit) instead of dying without cleanup.
+        signal.signal(_sig, lambda signum, frame: sys.exit(128 + signum))
 # Environment a registered command starts with, besides its own configured variables.
 BASE_ENV = ("PATH", "LANG", "LC_ALL", "HOME", "TMPDIR", "VIRTUAL_ENV", "PYTHONPATH")
 
@@ -82,6 +106,7 @@ class StdioProcess:
                 jsonrpc.UPSTREAM_UNAVAILABLE,
                 f"upstream {spec.slug}: cannot start {spec.command!r}: {exc.strerror or exc}",
             ) from None
+        _running_groups.add(self.process.pid)
         self._tasks = [
             asyncio.ensure_future(self._read_stdout()),
             asyncio.ensure_future(self._read_stderr()),
@@ -180,6 +205,7 @@ class StdioProcess:
                     break
                 except TimeoutError:
                     continue
+        _running_groups.discard(process.pid)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

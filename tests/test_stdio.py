@@ -146,3 +146,19 @@ async def test_silent_server_times_out(alice, gateway):
         with pytest.raises(MCPError, match="stopped answering"):
             await client.call_tool("work", {})
         assert time.monotonic() - started < 15
+
+
+async def test_gateway_shutdown_ends_its_server_processes(alice, tmp_path):
+    gateway = start_gateway(tmp_path, GATEWAY_UPSTREAM_TIMEOUT="20")
+    script = str(FIXTURES / "stdio_faulty.py")
+    try:
+        stdio_connection("lingering", sys.executable, script, "lingering")
+        token = issue_token("alice")
+        async with mcp_client(f"{gateway.url}/mcp/lingering", token, "legacy") as client:
+            assert (await client.call_tool("work", {})).content[0].text == "worked"
+            assert processes_running(f"{script} lingering") == 1
+            stop(gateway.process)
+            assert wait_until(lambda: processes_running(f"{script} lingering") == 0)
+    except BaseException:
+        stop(gateway.process)
+        raise
