@@ -84,9 +84,16 @@ def test_unreachable_upstream_is_recorded_as_upstream_error(alice, gateway):
     response = httpx.post(
         f"{gateway.url}/mcp/down",
         headers=headers,
-        json={"jsonrpc": "2.0", "id": 1, "method": "initialize",
-              "params": {"protocolVersion": "2025-11-25", "capabilities": {},
-                         "clientInfo": {"name": "t", "version": "1"}}},
+        json={
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "t", "version": "1"},
+            },
+        },
     )
     assert "error" in response.json()
     (outcome,) = outcomes(1)
@@ -102,8 +109,12 @@ async def test_client_disconnect_is_recorded(demo):
             await http.post(
                 url,
                 headers=session_headers,
-                json={"jsonrpc": "2.0", "id": 5, "method": "tools/call",
-                      "params": {"name": "sleep", "arguments": {"seconds": 20}}},
+                json={
+                    "jsonrpc": "2.0",
+                    "id": 5,
+                    "method": "tools/call",
+                    "params": {"name": "sleep", "arguments": {"seconds": 20}},
+                },
                 timeout=1.0,
             )
     (outcome,) = outcomes(1, method="tools/call")

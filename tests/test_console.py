@@ -1,4 +1,4 @@
-"""The console's first pages: log in, see connections and tokens, never a secret."""
+"""The console's front door: log in, land on the dashboard, never see a secret."""
 
 import pytest
 from django.test import Client
@@ -19,11 +19,14 @@ def test_admin_logs_in_and_sees_connections_without_secrets(client: Client, alic
     add_connection("crm", "http://127.0.0.1:9000/mcp", "Authorization: Bearer canary-credential-42")
     token = issue_token("alice", "--run", "nightly")
     response = client.post("/login/", {"username": "alice", "password": "pw-alice-1"})
-    assert response.status_code == 302
-    page = client.get("/").content.decode()
-    assert "crm" in page and "Authorization" in page and "nightly" in page
-    assert "canary-credential-42" not in page
-    assert token not in page
+    assert response.status_code == 302 and response["Location"] == "/"
+    pages = {url: client.get(url).content.decode() for url in ("/", "/connections/", "/tokens/")}
+    assert "Dashboard" in pages["/"] and "crm" in pages["/"]
+    assert "crm" in pages["/connections/"] and "Authorization" in pages["/connections/"]
+    assert "nightly" in pages["/tokens/"]
+    for page in pages.values():
+        assert "canary-credential-42" not in page
+        assert token not in page
 
 
 def test_wrong_password_is_refused(client: Client, alice):
