@@ -196,7 +196,13 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": env_str("CHANNEL_PREFIX", "mcpgw")},
+            "CONFIG": {
+                # redis-py reads time out after 5 s by default, exactly as long as
+                # channels_redis blocks waiting for a message: every quiet receive()
+                # would fail. Give the layer's client a longer read timeout.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
+                "prefix": env_str("CHANNEL_PREFIX", "mcpgw"),
+            },
         }
     }
     CELERY_BROKER_URL = REDIS_URL

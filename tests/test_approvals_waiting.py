@@ -63,7 +63,7 @@ async def test_decision_on_another_thread_wakes_the_waiter_through_redis(setting
     config = redis_layer_config()
     approval, bob = held
     poll_every(settings, 30.0)  # a wake-up this test sees can only be the signal
-    members = redis.Redis.from_url(config["CONFIG"]["hosts"][0])
+    members = redis.Redis.from_url(settings.REDIS_URL)
     group_key = f"{config['CONFIG']['prefix']}:group:approval-{approval.pk}"
     waiter = asyncio.ensure_future(waiting.wait_for_decision(approval.pk, timeout=60))
     # The waiter has looked at the database and joined the group: decide now.
