@@ -1,0 +1,242 @@
+"""daphne with counters on the data path's costly steps, for `gateway_bench --count-calls`.
+
+    python -m bench.counting_gateway -b 127.0.0.1 -p P mcpgw.asgi:application
+
+It changes nothing in the gateway: before daphne loads the application it wraps, from
+outside, the few library entry points every call goes through, and counts calls and
+time per call site:
+
+- `sync_to_async` hops, by the function they run: time awaited on the event loop, and
+  time spent inside the function on the worker thread (the difference is the hop:
+  queueing for one of the executor's threads and the hand-offs);
+- SQL statements (by their first words), commits and new database connections;
+- `json.dumps`/`json.loads` and RFC 8785 canonicalization, by caller, with bytes;
+- masking (`Masker.mask_text`/`mask_json`, `masking.service.mask_payload`), by caller;
+- upstream requests (`httpx.AsyncClient.send`) and new upstream TCP connections.
+
+SIGUSR2 resets the counters; SIGUSR1 writes them as JSON to $BENCH_COUNTS_FILE. The
+wrappers cost time themselves: never compare timings taken with this launcher with the
+harness's ordinary runs.
+"""
+
+import functools
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+_lock = threading.Lock()
+# name -> [count, seconds, bytes]
+_counts: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0])
+_in_wrapper = threading.local()
+
+
+def _add(name: str, seconds: float = 0.0, size: int = 0) -> None:
+    with _lock:
+        entry = _counts[name]
+        entry[0] += 1
+        entry[1] += seconds
+        entry[2] += size
+
+
+def _caller(depth: int = 2) -> str:
+    """The first frame outside the json module and this file, as module:function."""
+    frame = sys._getframe(depth)
+    while frame is not None and (
+        frame.f_code.co_filename == __file__ or "/json/" in frame.f_code.co_filename
+    ):
+        frame = frame.f_back  # type: ignore[assignment]
+    if frame is None:
+        return "?"
+    module = frame.f_globals.get("__name__", "?")
+    return f"{module}:{frame.f_code.co_qualname}"
+
+
+def _name_of(func: Any) -> str:
+    func = getattr(func, "func", func)  # functools.partial
+    module = getattr(func, "__module__", "?")
+    return f"{module}:{getattr(func, '__qualname__', repr(func))}"
+
+
+def _sql_kind(sql: str) -> str:
+    """A statement's kind and table, e.g. SELECT audit_audithead FOR UPDATE."""
+    words = sql.replace("(", " ").split()
+    upper = [word.upper() for word in words]
+    kind = upper[0] if upper else "?"
+    for marker in ("FROM", "INTO", "UPDATE"):
+        if marker in upper[1:] or (marker == "UPDATE" and kind == "UPDATE"):
+            index = upper.index(marker)
+            if index + 1 < len(words):
+                kind = f"{kind} {words[index + 1].strip(chr(34))}"
+                break
+    if "FOR UPDATE" in sql.upper():
+        kind += " FOR UPDATE"
+    return kind
+
+
+def _timed(owner: Any, attribute: str, label: Callable[..., str]) -> None:
+    original = getattr(owner, attribute)
+
+    @functools.wraps(original)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if getattr(_in_wrapper, "active", False):
+            return original(*args, **kwargs)
+        _in_wrapper.active = True
+        began = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            _in_wrapper.active = False
+            _add(label(*args, **kwargs), time.perf_counter() - began)
+
+    setattr(owner, attribute, wrapper)
+
+
+def install() -> None:
+    import asgiref.sync
+    import httpcore._async.connection
+    import httpx
+    import rfc8785
+
+    # -- sync_to_async hops --------------------------------------------------------
+    hop_call = asgiref.sync.SyncToAsync.__call__
+    hop_thread = asgiref.sync.SyncToAsync.thread_handler
+
+    async def counted_call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        began = time.perf_counter()
+        try:
+            return await hop_call(self, *args, **kwargs)
+        finally:
+            _add(f"hop awaited {_name_of(self.func)}", time.perf_counter() - began)
+
+    def counted_thread(self: Any, *args: Any, **kwargs: Any) -> Any:
+        began = time.perf_counter()
+        try:
+            return hop_thread(self, *args, **kwargs)
+        finally:
+            _add(f"hop inside {_name_of(self.func)}", time.perf_counter() - began)
+
+    asgiref.sync.SyncToAsync.__call__ = counted_call  # type: ignore[method-assign]
+    asgiref.sync.SyncToAsync.thread_handler = counted_thread  # type: ignore[method-assign]
+
+    # -- JSON ----------------------------------------------------------------------
+    dumps, loads = json.dumps, json.loads
+
+    def counted_dumps(*args: Any, **kwargs: Any) -> Any:
+        began = time.perf_counter()
+        out = dumps(*args, **kwargs)
+        _add(f"json.dumps by {_caller()}", time.perf_counter() - began, len(out))
+        return out
+
+    def counted_loads(data: Any, *args: Any, **kwargs: Any) -> Any:
+        began = time.perf_counter()
+        out = loads(data, *args, **kwargs)
+        _add(f"json.loads by {_caller()}", time.perf_counter() - began, len(data))
+        return out
+
+    json.dumps = counted_dumps
+    json.loads = counted_loads
+    canonical = rfc8785.dumps
+
+    def counted_canonical(value: Any) -> bytes:
+        began = time.perf_counter()
+        out = canonical(value)
+        _add(f"rfc8785.dumps by {_caller(3)}", time.perf_counter() - began, len(out))
+        return out
+
+    rfc8785.dumps = counted_canonical
+
+    # -- upstream HTTP -------------------------------------------------------------
+    send = httpx.AsyncClient.send
+
+    async def counted_send(self: Any, request: Any, **kwargs: Any) -> Any:
+        began = time.perf_counter()
+        try:
+            return await send(self, request, **kwargs)
+        finally:
+            _add(f"httpx send {request.method}", time.perf_counter() - began)
+
+    httpx.AsyncClient.send = counted_send  # type: ignore[method-assign]
+    connect = httpcore._async.connection.AsyncHTTPConnection._connect
+
+    async def counted_connect(self: Any, request: Any) -> Any:
+        _add("upstream TCP connection opened")
+        return await connect(self, request)
+
+    httpcore._async.connection.AsyncHTTPConnection._connect = counted_connect  # type: ignore[method-assign]
+
+
+def install_django() -> None:
+    """Wrappers on Django and the project's modules, once settings are configured."""
+    from django.db.backends.base.base import BaseDatabaseWrapper
+    from django.db.backends.utils import CursorWrapper
+
+    execute = CursorWrapper.execute
+    executemany = CursorWrapper.executemany
+
+    def counted_execute(self: Any, sql: str, params: Any = None) -> Any:
+        began = time.perf_counter()
+        try:
+            return execute(self, sql, params)
+        finally:
+            _add(f"SQL {_sql_kind(sql)}", time.perf_counter() - began)
+
+    def counted_executemany(self: Any, sql: str, param_list: Any) -> Any:
+        began = time.perf_counter()
+        try:
+            return executemany(self, sql, param_list)
+        finally:
+            _add(f"SQL many {_sql_kind(sql)}", time.perf_counter() - began)
+
+    CursorWrapper.execute = counted_execute  # type: ignore[method-assign]
+    CursorWrapper.executemany = counted_executemany  # type: ignore[method-assign]
+    _timed(BaseDatabaseWrapper, "commit", lambda *a, **k: "DB commit")
+    _timed(BaseDatabaseWrapper, "connect", lambda *a, **k: "DB connection opened")
+
+    from masking import service
+    from masking.engine import Masker
+
+    _timed(Masker, "mask_text", lambda *a, **k: f"mask_text (outermost) by {_caller(3)}")
+    _timed(Masker, "mask_json", lambda *a, **k: f"mask_json (outermost) by {_caller(3)}")
+    _timed(service, "mask_payload", lambda *a, **k: f"mask_payload by {_caller(3)}")
+
+
+def _dump(*_: Any) -> None:
+    path = os.environ.get("BENCH_COUNTS_FILE")
+    if not path:
+        return
+    with _lock:
+        snapshot = {name: list(values) for name, values in _counts.items()}
+    snapshot["threads alive"] = [threading.active_count(), 0.0, 0]
+    with open(path + ".tmp", "w") as handle:
+        json.dump(snapshot, handle)
+    os.replace(path + ".tmp", path)
+
+
+def _reset(*_: Any) -> None:
+    with _lock:
+        _counts.clear()
+
+
+def main() -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mcpgw.settings")
+    install()
+    import django
+
+    django.setup()
+    install_django()
+    signal.signal(signal.SIGUSR1, _dump)
+    signal.signal(signal.SIGUSR2, _reset)
+    from daphne.cli import CommandLineInterface
+
+    sys.argv = ["daphne", *sys.argv[1:]]
+    CommandLineInterface.entrypoint()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""The gateway benchmark runs, in its short mode, and prints its tables.
+
+Nothing is asserted about times: on a shared CI machine they mean nothing. With
+DATABASE_URL naming Postgres (as `make test` sets it) the postgres configuration runs too,
+in a scratch database of its own that the harness drops at the end.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+
+from bench.audit_bench import admin_url
+
+ROOT = Path(__file__).resolve().parent.parent
+DATABASE = "mcpgw_bench_gw_ci"
+
+
+def _server_url() -> str:
+    url = os.environ.get("DATABASE_URL", "")
+    return url if url.startswith(("postgres://", "postgresql://")) else ""
+
+
+def test_gateway_bench_short_run_prints_its_tables():
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.gateway_bench", "--short", "--database", DATABASE],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    output = done.stdout
+    assert done.returncode == 0, f"{output[-4000:]}\n{done.stderr[-4000:]}"
+    assert "== Per configuration: tools/call through the gateway vs direct ==" in output
+    assert "== Scaling: latency vs clients through the gateway ==" in output
+    assert "== Scaling: gateway memory with idle legacy sessions" in output
+    for era in ("legacy", "modern"):
+        assert f"embedded  {era}" in output
+    gateway_rows = [
+        line for line in output.splitlines() if line.startswith(" " * 20) and "gateway" in line
+    ]
+    # One row per configuration, era and client count (1 and 8 in the short mode).
+    configurations = 2 if _server_url() else 1
+    assert len(gateway_rows) == configurations * 2 * 2, output
+    if configurations == 2:
+        assert "postgres  legacy" in output
+        assert "verify: " in output and ", OK " in output
+        # The scratch database is gone.
+        with psycopg.connect(admin_url(_server_url(), "postgres"), autocommit=True) as conn:
+            left = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE])
+            assert left.fetchone() is None
