@@ -170,9 +170,7 @@ def _end_leftover_connections(django_db_setup: None, django_db_blocker: object) 
     never closes; end them (after every gateway process stopped) so that the test
     database can be dropped."""
     yield
-    from django.db import connection
-
-    from django.db import DatabaseError
+    from django.db import DatabaseError, connection
 
     if connection.vendor != "postgresql" or not connection.settings_dict["NAME"].startswith(
         "test_"
