@@ -773,14 +773,14 @@ class Bench:
             reader, writer = await asyncio.open_connection(HOST, gateway.port)
             writers.append(writer)
             writer.write(stream_request(gateway.port, path, site.token, session))
-            head = await reader.readuntil(b"\r\n\r\n")
-            status = int(head.split(b" ", 2)[1])
+            status, headers = loadgen.parse_head(await reader.readuntil(b"\r\n\r\n"))
             statuses[status] = statuses.get(status, 0) + 1
             last_answer[0] = time.monotonic() - began
             if status != 200 and not sample:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(1):
-                        sample.append((await reader.read(400)).decode(errors="replace"))
+                        body = await loadgen.read_body(reader, status, headers)
+                        sample.append(body[:400].decode(errors="replace"))
 
         tasks = [asyncio.create_task(open_one(s)) for s in sessions]
         _done, pending = await asyncio.wait(tasks, timeout=self.mode.stream_wait)

@@ -54,9 +54,7 @@ def build_request(
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
-    """One HTTP/1.1 response: Content-Length, chunked, or (last resort) until close."""
-    head = await reader.readuntil(b"\r\n\r\n")
+def parse_head(head: bytes) -> tuple[int, dict[str, str]]:
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split(" ", 2)[1])
     headers: dict[str, str] = {}
@@ -64,23 +62,31 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, st
         if line:
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
+    return status, headers
+
+
+async def read_body(reader: asyncio.StreamReader, status: int, headers: dict[str, str]) -> bytes:
+    """A response body: Content-Length, chunked, or (last resort) until close."""
     if "content-length" in headers:
-        body = await reader.readexactly(int(headers["content-length"]))
-    elif "chunked" in headers.get("transfer-encoding", ""):
+        return await reader.readexactly(int(headers["content-length"]))
+    if "chunked" in headers.get("transfer-encoding", ""):
         chunks = []
         while True:
             size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
             if size == 0:
                 await reader.readuntil(b"\r\n")
-                break
+                return b"".join(chunks)
             chunks.append(await reader.readexactly(size))
             await reader.readexactly(2)
-        body = b"".join(chunks)
-    elif status in (204, 304) or status < 200:
-        body = b""
-    else:
-        body = await reader.read()
-    return status, headers, body
+    if status in (204, 304) or status < 200:
+        return b""
+    return await reader.read()
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 response."""
+    status, headers = parse_head(await reader.readuntil(b"\r\n\r\n"))
+    return status, headers, await read_body(reader, status, headers)
 
 
 async def exchange(host: str, port: int, raw: bytes) -> tuple[int, dict[str, str], bytes]:

@@ -85,9 +85,16 @@ class Channel:
             await _handle(exchange)
 
     async def close(self) -> None:
+        # Calls in flight see the channel close as a disconnect (and record it); calls
+        # that already answered finish writing their outcome records.
         self.closed.set()
-        for task in list(self.tasks) + ([self.standalone] if self.standalone else []):
-            task.cancel()
+        if self.standalone is not None:
+            self.standalone.cancel()
+        pending = list(self.tasks)
+        if pending:
+            _done, stuck = await asyncio.wait(pending, timeout=30)
+            for task in stuck:
+                task.cancel()
         if self.session_id:
             with contextlib.suppress(Exception):
                 await _handle(ChannelExchange(self, "DELETE", b""))

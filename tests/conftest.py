@@ -17,7 +17,7 @@ import httpx
 import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 
 # Async tests set up data with the ordinary (sync) ORM and management commands.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
@@ -222,11 +222,24 @@ def _allow_flushing_the_audit_trail(request: pytest.FixtureRequest) -> Iterator[
         request.getfixturevalue("transactional_db")
     yield
     if transactional:
-        from django.db import connection
+        from django.db import DatabaseError, connection
 
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute("SET mcpgw.audit_archive = 'on'")
+            # A gateway process may still be writing (an outcome record, a session's
+            # last touch) while the tables are emptied; Postgres then picks the flush as
+            # a deadlock victim. Empty them here, retrying, before Django's own flush.
+            from django.core.management import call_command
+
+            for attempt in range(5):
+                try:
+                    call_command("flush", verbosity=0, interactive=False)
+                    break
+                except (DatabaseError, CommandError):
+                    if attempt == 4:
+                        raise
+                    time.sleep(0.5)
 
 
 @pytest.fixture
