@@ -234,7 +234,7 @@ def _allow_flushing_the_audit_trail(request: pytest.FixtureRequest) -> Iterator[
 
             for attempt in range(5):
                 try:
-                    call_command("flush", verbosity=0, interactive=False)
+                    call_command("flush", verbosity=0, interactive=False, reset_sequences=False)
                     break
                 except (DatabaseError, CommandError):
                     if attempt == 4:
