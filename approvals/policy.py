@@ -19,7 +19,7 @@ What happens to a tool call (`evaluate`), the first of these that applies:
 """
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -129,7 +129,7 @@ class _Rule:
     def applies_to(self, tool: str, user_group_ids: frozenset[int]) -> bool:
         if self.group_ids and not (self.group_ids & user_group_ids):
             return False
-        return tool_matches(self.tool, tool)
+        return self.tool == tool if self.exact else tool_matches(self.tool, tool)
 
 
 @dataclass(frozen=True)
@@ -139,6 +139,10 @@ class CallerPolicy:
     default_action: str
     rules: tuple[_Rule, ...]
     user_group_ids: frozenset[int]
+    # Decisions already made, by tool and whether the upstream marks it destructive.
+    _decided: dict[tuple[str, bool], PolicyDecision] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def load(cls, connection_id: int, user_id: int) -> "CallerPolicy":
@@ -172,14 +176,32 @@ class CallerPolicy:
             user_group_ids=frozenset(user_groups.values_list("group_id", flat=True)),
         )
 
+    def visible(self, tools: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The tools of a tools/list result this caller may see: all but the denied ones."""
+        return [
+            tool
+            for tool in tools
+            if self.decide(str(tool.get("name", "")), tool.get("annotations")).action != Action.DENY
+        ]
+
     def decide(self, tool: str, annotations: dict[str, Any] | None) -> PolicyDecision:
+        destructive = isinstance(annotations, dict) and annotations.get("destructiveHint") is True
+        key = (tool, destructive)
+        decision = self._decided.get(key)
+        if decision is None:
+            decision = self._decide(tool, destructive)
+            if len(self._decided) < 10_000:
+                self._decided[key] = decision
+        return decision
+
+    def _decide(self, tool: str, destructive: bool) -> PolicyDecision:
         for rule in self.rules:
             if rule.applies_to(tool, self.user_group_ids):
                 kind = "exact" if rule.exact else "glob"
                 return PolicyDecision(
                     rule.action, f"rule {rule.position} ({kind} {rule.tool!r})", rule.id
                 )
-        if isinstance(annotations, dict) and annotations.get("destructiveHint") is True:
+        if destructive:
             return PolicyDecision(Action.HOLD.value, "the upstream marks this tool destructive")
         return PolicyDecision(self.default_action, "the connection's default action")
 
@@ -213,9 +235,4 @@ def visible_tools(
     connection_id: int, user_id: int, tools: Iterable[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """The tools of a tools/list result this caller may see: all but the denied ones."""
-    policy = CallerPolicy.load(connection_id, user_id)
-    return [
-        tool
-        for tool in tools
-        if policy.decide(str(tool.get("name", "")), tool.get("annotations")).action != Action.DENY
-    ]
+    return CallerPolicy.load(connection_id, user_id).visible(tools)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
-from . import chain
+from . import chain, writer
 from .canonical import canonical, sha256_hex, storable
 from .models import Kind
 
@@ -85,7 +85,7 @@ def _masking_summary(call: "Call") -> dict[str, Any] | None:
     return {**call.audit_report.as_dict(), "to_agent": call.agent_report.as_dict()}
 
 
-_append = sync_to_async(chain.append, thread_sensitive=False)
+_append = writer.append
 
 
 async def record_request(call: "Call") -> None:
@@ -104,7 +104,14 @@ async def record_outcome(call: "Call", outcome: str, response: dict[str, Any] | 
         arguments = redact(_arguments(call), call.audit_masker, call.audit_report)
     else:
         arguments = None
-    result, size, digest = _stored_result(response, call.audit_masker, call.audit_report)
+    if response is not None and call.audit_payload is not None:
+        # The agent's copy, masked with the same rules (see pipeline.mask).
+        response = call.audit_payload
+        if call.audit_payload_report is not None:
+            call.audit_report.counts.update(call.audit_payload_report.counts)
+        result, size, digest = _stored_result(response, None)
+    else:
+        result, size, digest = _stored_result(response, call.audit_masker, call.audit_report)
     fields = {
         "kind": Kind.CALL_OUTCOME,
         "arguments": arguments,

@@ -8,6 +8,8 @@ the end. It prints:
 
 - appends/s with 1, 4 and 16 concurrent writers, each a separate process calling
   `audit.chain.append` (as separate gateway processes would) for --seconds each;
+- appends/s with 1, 8, 32 and 64 concurrent calls of one process writing through the
+  data path's group commit (`audit.writer`), and how many records shared a transaction;
 - verify records/s over --records records (100,000 by default), with signed checkpoints
   every AUDIT_CHECKPOINT_EVERY records as in production;
 - export rows/s through the CSV generator of `audit.export`;
@@ -34,6 +36,7 @@ from psycopg import sql
 
 ROOT = Path(__file__).resolve().parent.parent
 WRITER_COUNTS = (1, 4, 16)
+GROUP_CALLERS = (1, 8, 32, 64)
 TOP_UP_BATCH = 5000
 
 
@@ -91,6 +94,44 @@ def writer(ready: Any, seconds: float, results: Any) -> None:
         chain.append(**dict(records[appended % len(records)]))
         appended += 1
     results.put((appended, peak_rss_mib()))
+
+
+def group_writer(callers: int, seconds: float) -> tuple[int, int, float]:
+    """`callers` concurrent calls of one process appending through the data path's group
+    commit (`audit.writer`) for `seconds`; returns (appended, transactions, peak RSS MiB)."""
+    import asyncio
+
+    setup_django()
+    from asgiref.sync import sync_to_async
+
+    from audit import chain, writer
+
+    transactions = 0
+    real = chain.append_many
+
+    def counted(rows: list[dict[str, Any]]) -> Any:
+        nonlocal transactions
+        transactions += 1
+        return real(rows)
+
+    writer._append_many = sync_to_async(counted, thread_sensitive=False)
+    records = [call_record(i) for i in range(200)]
+
+    async def run() -> int:
+        deadline = time.perf_counter() + seconds
+        appended = 0
+
+        async def call() -> None:
+            nonlocal appended
+            while time.perf_counter() < deadline:
+                await writer.append(**dict(records[appended % len(records)]))
+                appended += 1
+
+        await asyncio.gather(*(call() for _ in range(callers)))
+        return appended
+
+    appended = asyncio.run(run())
+    return appended, transactions, peak_rss_mib()
 
 
 def top_up(total: int) -> int:
@@ -224,6 +265,15 @@ def main() -> None:
             rate, rss = run_writers(count, options.seconds)
             print(
                 f"append, {count:2d} writer(s): {rate:10,.0f} appends/s  (peak RSS {rss:.0f} MiB)"
+            )
+
+        for callers in GROUP_CALLERS:
+            appended, transactions, rss = in_fresh_process(group_writer, callers, options.seconds)
+            print(
+                f"group commit, {callers:2d} concurrent calls in one process: "
+                f"{appended / options.seconds:10,.0f} appends/s, "
+                f"{appended / max(transactions, 1):.1f} records per transaction  "
+                f"(peak RSS {rss:.0f} MiB)"
             )
 
         started = time.perf_counter()

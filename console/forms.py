@@ -194,6 +194,9 @@ class ConnectionForm(forms.Form):
         elif transport == Transport.STREAMABLE_HTTP and not cleaned.get("url"):
             if "url" not in self.errors:
                 self.add_error("url", "A Streamable HTTP connection needs the upstream's URL.")
+        elif transport == Transport.SSE and not cleaned.get("url"):
+            if "url" not in self.errors:
+                self.add_error("url", "An HTTP+SSE connection needs the URL of its event stream.")
         elif transport == Transport.STDIO and not cleaned.get("command"):
             if "command" not in self.errors:
                 self.add_error("command", "A stdio connection needs the command to run.")

@@ -158,6 +158,8 @@ class ConnectionUpdateInput(serializers.Serializer[Any]):
         """The transport's own setting must be there once the change is applied."""
         if transport == Transport.STREAMABLE_HTTP and not url:
             raise serializers.ValidationError({"url": ["A Streamable HTTP connection needs it."]})
+        if transport == Transport.SSE and not url:
+            raise serializers.ValidationError({"url": ["An HTTP+SSE connection needs it."]})
         if transport == Transport.STDIO and not command:
             raise serializers.ValidationError({"command": ["A stdio connection needs it."]})
 

@@ -29,6 +29,7 @@ from approvals.models import Approval
 from audit.filters import can_read_audit, records_visible_to
 from audit.models import AuditRecord, Kind
 from gateway import actions, catalog, protocol
+from gateway.legacy_sse import LegacySseUpstream
 from gateway.models import AgentToken, Connection, Era, ToolDefinition, Transport
 from gateway.stdio import StdioUpstream
 from gateway.upstream import InitializeRefused, SessionExpired, Upstream, UpstreamFailure
@@ -558,6 +559,10 @@ def _fresh_upstream(connection: Connection) -> Any:
             cwd=connection.cwd,
             env=connection.get_env(),
             max_processes=1,
+        )
+    if connection.transport == Transport.SSE:
+        return LegacySseUpstream(
+            slug=connection.slug, url=connection.url, headers=connection.get_headers()
         )
     return Upstream(slug=connection.slug, url=connection.url, headers=connection.get_headers())
 

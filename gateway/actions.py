@@ -11,11 +11,12 @@ from django.utils.timezone import now
 
 from audit.events import record_event
 
+from . import admission
 from .models import AgentToken, Connection, Era, Transport
 
 # Transports the data path can reach today; the others are accepted by the model so that
 # connections can be registered ahead, and are refused here until their client exists.
-SUPPORTED_TRANSPORTS = (Transport.STREAMABLE_HTTP, Transport.STDIO)
+SUPPORTED_TRANSPORTS = (Transport.STREAMABLE_HTTP, Transport.SSE, Transport.STDIO)
 
 
 @dataclass(frozen=True)
@@ -201,6 +202,7 @@ def revoke_token(token: AgentToken, *, actor: Any = None) -> bool:
         revoked_at=now()
     )
     if revoked:
+        admission.changed_here("gateway_agenttoken")
         record_event(
             "token.revoked",
             actor=actor,

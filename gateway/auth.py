@@ -1,10 +1,12 @@
 """Agent authentication: who is calling, from the bearer token."""
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from asgiref.sync import sync_to_async
 from django.utils.timezone import now
 
+from . import admission
 from .models import TOKEN_PREFIX, AgentToken
 
 
@@ -20,6 +22,8 @@ class Identity:
     connection_id: int | None
     scopes: tuple[str, ...]
     subject: str = ""
+    # When the token stops being valid (None: never), for identities kept in memory.
+    expires_at: datetime | None = None
 
     def may_use(self, connection_id: int) -> bool:
         return self.connection_id is None or self.connection_id == connection_id
@@ -51,6 +55,7 @@ def _lookup(secret: str) -> Identity | None:
         run_label=token.run_label,
         connection_id=token.connection_id,
         scopes=tuple(token.scopes),
+        expires_at=token.expires_at,
     )
 
 
@@ -104,7 +109,19 @@ async def authenticate(
     if secret is None or len(secret) > 8192:
         return None
     if secret.startswith(TOKEN_PREFIX):
-        return await _lookup_async(secret) if len(secret) <= 200 else None
+        if len(secret) > 200:
+            return None
+        key = AgentToken.digest_of(secret)
+        identity = await admission.kept(admission.IDENTITIES, key, lambda: _lookup_async(secret))
+        if (
+            identity is not None
+            and identity.expires_at is not None
+            and identity.expires_at <= now()
+        ):
+            # Expiry changes no row, so no notification drops the kept identity.
+            admission.IDENTITIES.discard(key)
+            return None
+        return identity
     from . import jwt
 
     if resource and secret.count(".") == 2 and jwt.enabled():

@@ -39,6 +39,7 @@ def digest_of(tool: dict[str, Any]) -> str:
 class Entry:
     state: ToolState
     annotations: dict[str, Any]
+    output_schema: Any = None
 
 
 @dataclass(frozen=True)
@@ -65,10 +66,23 @@ class View:
         entry = self.tools.get(tool)
         return entry.annotations if entry else None
 
+    def output_schema(self, tool: str) -> Any:
+        """The tool's output schema as last seen by any gateway process."""
+        entry = self.tools.get(tool)
+        return entry.output_schema if entry else None
+
 
 _lock = threading.Lock()
 _views: dict[int, tuple[float, View]] = {}
 _seen_digests: dict[tuple[int, str], str] = {}
+
+
+def cached_view(connection_id: int) -> View | None:
+    """view without a query: None when the catalog is due to be read again."""
+    cached = _views.get(connection_id)
+    if cached is not None and time.monotonic() - cached[0] < CACHE_SECONDS:
+        return cached[1]
+    return None
 
 
 def view(connection_id: int) -> View:
@@ -78,7 +92,11 @@ def view(connection_id: int) -> View:
         return cached[1]
     pinned = Connection.objects.filter(pk=connection_id, tools_pinned_at__isnull=False).exists()
     tools = {
-        row.name: Entry(row.state, row.annotations)
+        row.name: Entry(
+            row.state,
+            row.annotations,
+            row.observed.get("outputSchema") if isinstance(row.observed, dict) else None,
+        )
         for row in ToolDefinition.objects.filter(connection_id=connection_id)
     }
     result = View(pinned, tools)

@@ -8,6 +8,7 @@ and the upstream speak different eras the gateway translates (see README, "Proto
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import json
 import logging
 import re
@@ -684,8 +685,11 @@ class Handler:
                         jsonrpc.UPSTREAM_PROTOCOL_ERROR,
                         f"upstream {self.connection.slug} refused to re-initialize: {refused}",
                     ) from None
-                session.upstream_session_id = renewed.session_id or ""
-                session.upstream_protocol_version = renewed.protocol_version
+                session = dataclasses.replace(
+                    session,
+                    upstream_session_id=renewed.session_id or "",
+                    upstream_protocol_version=renewed.protocol_version,
+                )
                 await store.set_upstream_session(
                     session.key_digest, session.upstream_session_id, renewed.protocol_version
                 )
@@ -986,7 +990,9 @@ class Handler:
                 elif modern_agent:
                     payload["result"] = protocol.modern_result(call.message.method or "", result)
         if call is not None:
-            return await pipeline.mask(call, payload, size_hint)
+            untranslated = final and not (legacy_agent or modern_agent)
+            reusable = untranslated and call.message.method == "tools/call"
+            return await pipeline.mask(call, payload, size_hint, final=reusable)
         if masker is not None and not masker.empty:
             return masking.mask_payload(masker, payload, Report())
         return payload
@@ -997,6 +1003,10 @@ class Handler:
         watcher = asyncio.ensure_future(self.exchange.watch_disconnect())
         try:
             await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            # This request is being torn down (its channel closed): the work goes with it.
+            task.cancel()
+            raise
         finally:
             watcher.cancel()
         if task.done():

@@ -75,6 +75,10 @@ class Connection(models.Model):
                 condition=~models.Q(transport="stdio") | ~models.Q(command=""),
                 name="connection_stdio_needs_command",
             ),
+            models.CheckConstraint(
+                condition=~models.Q(transport="sse") | ~models.Q(url=""),
+                name="connection_sse_needs_url",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -24,7 +24,7 @@ from audit import recorder
 from masking import service as masking
 from masking.engine import Masker, Report
 
-from . import catalog
+from . import admission, catalog
 from .auth import Identity
 from .jsonrpc import Message
 
@@ -84,6 +84,12 @@ class Call:
     audit_report: Report = field(default_factory=Report)
     # The approval that let a held call through.
     approval_id: int | None = None
+    # Whether the agent and the audit trail mask with the same rules (no rule in scope lets
+    # a value through to the agent); then the result the agent got, masked, is also what
+    # the audit trail stores, and it is masked once.
+    same_masking: bool = False
+    audit_payload: dict[str, Any] | None = None
+    audit_payload_report: Report | None = None
 
     @property
     def latency_ms(self) -> float:
@@ -91,8 +97,7 @@ class Call:
 
 
 _may_use = sync_to_async(policy.may_use, thread_sensitive=False)
-_evaluate = sync_to_async(policy.evaluate, thread_sensitive=False)
-_visible = sync_to_async(policy.visible_tools, thread_sensitive=False)
+_load_policy = sync_to_async(policy.CallerPolicy.load, thread_sensitive=False)
 _catalog = sync_to_async(catalog.view, thread_sensitive=False)
 _observe = sync_to_async(catalog.observe, thread_sensitive=False)
 _reusable = sync_to_async(approval_actions.reusable_approval, thread_sensitive=False)
@@ -102,7 +107,14 @@ _request_approval = sync_to_async(approval_actions.request_approval, thread_sens
 
 async def may_use(identity: Identity, connection: ConnectionInfo) -> bool:
     """Grants: whether the caller may use the connection at all."""
-    return await _may_use(connection.id, identity.user_id, identity.token_id)
+    key = (connection.id, identity.user_id, identity.token_id)
+    return await admission.kept(admission.GRANTS, key, lambda: _may_use(*key))
+
+
+async def caller_policy(call: Call) -> policy.CallerPolicy:
+    """The connection's policy as it applies to the caller."""
+    key = (call.connection.id, call.identity.user_id)
+    return await admission.kept(admission.POLICIES, key, lambda: _load_policy(*key))
 
 
 async def decide(call: Call) -> tuple[Decision, str]:
@@ -115,13 +127,11 @@ async def decide(call: Call) -> tuple[Decision, str]:
     tool = call.message.target_name
     if call.message.method != "tools/call" or tool is None:
         return Decision.ALLOW, ""
-    view = await _catalog(call.connection.id)
+    view = catalog.cached_view(call.connection.id) or await _catalog(call.connection.id)
     allowed, reason = view.allows(tool)
     if not allowed:
         return Decision.DENY, reason
-    decision = await _evaluate(
-        call.connection.id, call.identity.user_id, tool, view.annotations(tool)
-    )
+    decision = (await caller_policy(call)).decide(tool, view.annotations(tool))
     return Decision(decision.action), decision.reason
 
 
@@ -180,7 +190,7 @@ async def filter_tool_list(call: Call, payload: dict[str, Any]) -> dict[str, Any
         return payload
     view = await _observe(call.connection.id, tools)
     offered = [t for t in tools if isinstance(t, dict) and view.allows(str(t.get("name")))[0]]
-    visible = await _visible(call.connection.id, call.identity.user_id, offered)
+    visible = (await caller_policy(call)).visible(offered)
     filtered = {**result, "tools": visible}
     if call.era == "modern":
         # What one caller sees depends on policy: never cache it for another.
@@ -215,28 +225,53 @@ OFFLOAD_BYTES = 128 * 1024
 
 async def prepare(call: Call) -> None:
     """Load the masking rules in scope for the call (cached; a query every few seconds)."""
-    call.agent_masker, call.audit_masker = await _maskers(
-        call.connection.id, call.message.target_name
+    connection_id, tool = call.connection.id, call.message.target_name
+    agent = masking.cached_masker(connection_id, tool, masking.AGENT)
+    audit = masking.cached_masker(connection_id, tool, masking.AUDIT)
+    if agent is None or audit is None:
+        agent, audit = await _maskers(connection_id, tool)
+    call.agent_masker, call.audit_masker = agent, audit
+    call.same_masking = (
+        agent.pattern_rules == audit.pattern_rules and agent.key_rules == audit.key_rules
     )
 
 
-async def mask(call: Call, payload: dict[str, Any], size_hint: int = 0) -> dict[str, Any]:
-    """Masking of what flows back to the agent (results, notifications, requests)."""
+def _output_schema(call: Call) -> Any:
+    """The called tool's output schema: as this process last saw it in a tools/list answer,
+    else as the catalog holds it (another process may have seen the list)."""
+    tool = call.message.target_name
+    schema = masking.output_schema(call.connection.id, tool)
+    if schema is None and tool:
+        view = catalog.cached_view(call.connection.id)
+        schema = view.output_schema(tool) if view is not None else None
+    return schema
+
+
+async def mask(
+    call: Call, payload: dict[str, Any], size_hint: int = 0, *, final: bool = False
+) -> dict[str, Any]:
+    """Masking of what flows back to the agent (results, notifications, requests).
+
+    final: payload is the upstream's answer to a tools/call as it is (only its id
+    changed), which the audit trail may then store as the agent got it."""
     masker = call.agent_masker
     if call.message.method == "tools/list" and isinstance(payload.get("result"), dict):
         masking.remember_output_schemas(call.connection.id, payload["result"])
     if masker is None or masker.empty:
         return payload
-    schema = (
-        masking.output_schema(call.connection.id, call.message.target_name)
-        if call.message.method == "tools/call"
-        else None
-    )
+    schema = _output_schema(call) if call.message.method == "tools/call" else None
+    # With an output schema the agent's copy may hold typed placeholders (a masked number
+    # becomes 0); the audit trail then masks the original itself.
+    reuse = final and call.same_masking and schema is None
+    report = Report() if reuse else call.agent_report
     if size_hint > OFFLOAD_BYTES:
-        return await asyncio.to_thread(
-            masking.mask_payload, masker, payload, call.agent_report, schema
-        )
-    return masking.mask_payload(masker, payload, call.agent_report, schema)
+        masked = await asyncio.to_thread(masking.mask_payload, masker, payload, report, schema)
+    else:
+        masked = masking.mask_payload(masker, payload, report, schema)
+    if reuse:
+        call.agent_report.counts.update(report.counts)
+        call.audit_payload, call.audit_payload_report = masked, report
+    return masked
 
 
 async def record_outcome(call: Call, outcome: Outcome, response: dict[str, Any] | None) -> None:

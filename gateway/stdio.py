@@ -3,8 +3,15 @@
 Only commands an admin registered on a connection ever run; nothing an agent sends
 reaches a command line. Processes:
 - one per legacy-era agent session (an MCP stdio server holds one session), and one
-  shared per connection for 2026-07-28 agents, which are stateless (the gateway opens
-  the session with the server itself and declares no client capabilities);
+  shared per connection for 2026-07-28 agents, which are stateless: without a session
+  when the server speaks 2026-07-28 itself, else in a session the gateway opens with the
+  server (declaring no client capabilities);
+- the era is detected by sending `server/discover` to a fresh process (a 2026-07-28
+  server answers it and the process stays for stateless requests; a legacy one refuses
+  it and that process ends), cached for GATEWAY_ERA_CACHE_SECONDS and detected again
+  after a server process died;
+- ids of requests without a session, and every progress token, are rewritten to ones
+  unique in the process, so calls of different agents sharing it cannot collide;
 - started on demand, ended with the agent's session (DELETE), after
   GATEWAY_STDIO_IDLE_SECONDS without a call, or at shutdown: stdin closed first, then
   SIGTERM, then SIGKILL;
@@ -26,6 +33,7 @@ import os
 import secrets
 import signal
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -35,6 +43,7 @@ from django.conf import settings
 
 from . import jsonrpc, protocol, sse
 from .jsonrpc import Message
+from .replies import Accepted, Answered, DetectsEra, refused_discover
 from .upstream import InitializeRefused, LegacySession, SessionExpired, UpstreamFailure
 
 log = logging.getLogger(__name__)
@@ -48,20 +57,24 @@ _running_groups: set[int] = set()
 
 
 def _end_all_at_exit() -> None:
-    for pgid in list(_running_groups):
-        for sig in (signal.SIGTERM, signal.SIGKILL):
+    groups = list(_running_groups)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pgid in groups:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pgid, sig)
-            if sig == signal.SIGTERM:
-                time.sleep(0.2)
+        if sig == signal.SIGTERM and groups:
+            time.sleep(0.2)
 
 
 atexit.register(_end_all_at_exit)
-for _sig in (signal.SIGTERM, signal.SIGINT):
-    _previous = signal.getsignal(_sig)
-    if _previous in (signal.SIG_DFL, None):
-        # Exit normally (running atexit) instead of dying without cleanup.
-        signal.signal(_sig, lambda signum, frame: sys.exit(128 + signum))
+# Handlers can only be set from the main thread (the module may first be imported
+# elsewhere, e.g. by a worker thread resolving URLs).
+if threading.current_thread() is threading.main_thread():
+    for _sig in (signal.SIGTERM, signal.SIGINT):
+        _previous = signal.getsignal(_sig)
+        if _previous in (signal.SIG_DFL, None):
+            # Exit normally (running atexit) instead of dying without cleanup.
+            signal.signal(_sig, lambda signum, frame: sys.exit(128 + signum))
 # Environment a registered command starts with, besides its own configured variables.
 BASE_ENV = ("PATH", "LANG", "LC_ALL", "HOME", "TMPDIR", "VIRTUAL_ENV", "PYTHONPATH")
 
@@ -77,6 +90,9 @@ class StdioProcess:
         self.listeners: list[asyncio.Queue[Message | None]] = []
         self.last_used = time.monotonic()
         self.exit_reason = ""
+        self.closing = False
+        # The request (upstream id) each progress token sent to the server belongs to.
+        self.tokens: dict[Any, Any] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._write_lock = asyncio.Lock()
         self._ids = 0
@@ -136,9 +152,15 @@ class StdioProcess:
                 self._route(message)
         finally:
             code = await self.process.wait()
+            # As after close(): once the group is empty its id may belong to an unrelated
+            # process, so the exit handler must not signal it.
+            _running_groups.discard(self.process.pid)
             self.exit_reason = f"the server process exited (code {code})"
             for queue in [*self.pending.values(), *self.listeners]:
                 queue.put_nowait(None)
+            if not self.closing:
+                # A server that died may come back as another program (or version).
+                self.upstream.forget_era()
 
     async def _read_stderr(self) -> None:
         assert self.process is not None and self.process.stderr is not None
@@ -162,7 +184,8 @@ class StdioProcess:
             if message.method == "notifications/progress"
             else None
         )
-        targets = [q for rid, q in self.pending.items() if token is not None and rid == token]
+        owner = self.pending.get(self.tokens.get(token)) if isinstance(token, str) else None
+        targets = [owner] if owner is not None else []
         if not targets:
             targets = list(self.pending.values())[-1:] or self.listeners[-1:]
         for queue in targets:
@@ -190,6 +213,7 @@ class StdioProcess:
     async def close(self) -> None:
         """Close stdin, then SIGTERM, then SIGKILL, waiting a little between each."""
         process = self.process
+        self.closing = True
         if process is None:
             return
         if process.returncode is None:
@@ -227,12 +251,21 @@ class StdioReply:
     session_id: str | None = None
     closed: bool = False
     timeout: float | None = None
+    # The id and progress token the caller gave the request, where they were rewritten.
+    original_id: Any = None
+    rewritten_id: bool = False
+    sent_token: str | None = None
+    original_token: Any = None
+    # initialize may not be cancelled (the protocol says so); every other request is,
+    # when the gateway stops waiting for its answer.
+    cancellable: bool = True
+    answered: bool = False
 
     async def events(
         self, idle_timeout: float | None = None
     ) -> AsyncIterator[tuple[sse.Event, Message | None]]:
         timeout = self.timeout or idle_timeout or settings.GATEWAY["UPSTREAM_TIMEOUT"]
-        while True:
+        while not self.closed:
             try:
                 message = await asyncio.wait_for(self.queue.get(), timeout)
             except TimeoutError:
@@ -246,15 +279,30 @@ class StdioReply:
                 raise UpstreamFailure(
                     jsonrpc.UPSTREAM_UNAVAILABLE, f"upstream {self.name}: {reason}"
                 )
+            final = message.is_response and message.id == self.request_id
+            if final and self.rewritten_id:
+                message = Message({**message.payload, "id": self.original_id})
+            elif (
+                self.sent_token is not None
+                and message.method == "notifications/progress"
+                and message.params.get("progressToken") == self.sent_token
+            ):
+                params = {**message.params, "progressToken": self.original_token}
+                message = Message({**message.payload, "params": params})
+            if final:
+                self.answered = True
             yield sse.Event(data=""), message
-            if message.is_response and message.id == self.request_id:
+            if final:
+                await self.aclose()
                 return
 
     async def first_response(self) -> Message:
         async for _event, message in self.events():
-            if message is not None and message.is_response and message.id == self.request_id:
+            if message is not None and message.is_response:
                 return message
-        raise AssertionError("unreachable")
+        raise UpstreamFailure(
+            jsonrpc.UPSTREAM_PROTOCOL_ERROR, f"upstream {self.name} sent no response"
+        )
 
     async def read_message(self) -> Message | None:
         return await self.first_response()
@@ -266,26 +314,24 @@ class StdioReply:
         if not self.closed:
             self.closed = True
             self.process.pending.pop(self.request_id, None)
+            self.process.tokens.pop(self.sent_token, None)
+            if self.cancellable and not self.answered and self.process.alive:
+                # Timed out, or its agent went away: the server may stop working on it.
+                with contextlib.suppress(Exception):
+                    await self.process.write(
+                        {
+                            "jsonrpc": "2.0",
+                            "method": "notifications/cancelled",
+                            "params": {
+                                "requestId": self.request_id,
+                                "reason": "the gateway stopped waiting for the answer",
+                            },
+                        }
+                    )
 
 
 @dataclass
-class Accepted:
-    """The reply to a notification or a response written to the server."""
-
-    status: int = 202
-    is_sse: bool = False
-    session_id: str | None = None
-    size: int = 0
-
-    async def read_body(self) -> bytes:
-        return b""
-
-    async def aclose(self) -> None:
-        return None
-
-
-@dataclass
-class StdioUpstream:
+class StdioUpstream(DetectsEra):
     """The gateway's client for one stdio connection, with the same interface as the
     HTTP `Upstream` so the data path treats both alike."""
 
@@ -299,24 +345,68 @@ class StdioUpstream:
     _shared: LegacySession | None = field(default=None, init=False)
     _shared_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
     _sweeper: asyncio.Task[None] | None = field(default=None, init=False)
+    # Processes being started: not in `processes` yet, but they count toward the limit.
+    _starting: int = field(default=0, init=False)
+    # Whether the server answers server/discover (2026-07-28), with the time we learnt it.
+    # What a legacy server answered the probe (replayed to agents that send
+    # server/discover themselves).
+    _discover_refusal: dict[str, Any] | None = field(default=None, init=False)
+    # The process 2026-07-28 requests go to when the server speaks that era (no session).
+    _sessionless: StdioProcess | None = field(default=None, init=False)
+    _sessionless_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
 
     @property
     def name(self) -> str:
         return self.slug
 
-    def forget_era(self) -> None:
-        return None
+    # -- era detection -------------------------------------------------------------
 
-    async def is_modern(self) -> bool:
-        # Spoken to as a legacy-era server: every stdio server answers initialize.
-        return False
+    async def _probe_discover(self) -> dict[str, Any] | None:
+        """server/discover to a fresh process, kept for stateless requests if it answers."""
+        process = await self._spawn()
+        result: Any = None
+        try:
+            reply = await self._request(process, protocol.discover_request("gateway-probe"))
+            reply.timeout = settings.GATEWAY["STDIO_START_TIMEOUT"]
+            message = await reply.first_response()
+            await reply.aclose()
+            result = message.payload.get("result")
+            error = message.payload.get("error")
+            self._discover_refusal = error if isinstance(error, dict) else None
+        except (UpstreamFailure, SessionExpired) as exc:
+            # A legacy server may ignore the request before initialize, or exit.
+            log.info("upstream %s did not answer server/discover: %s", self.slug, exc)
+            self._discover_refusal = None
+        except BaseException:
+            self.processes.pop(process.key, None)
+            await process.close()
+            raise
+        modern = (
+            isinstance(result, dict)
+            and isinstance(result.get("supportedVersions"), list)
+            and protocol.MODERN_VERSION in result["supportedVersions"]
+        )
+        if modern and process.alive:
+            async with self._sessionless_lock:
+                previous, self._sessionless = self._sessionless, process
+            if previous is not None and previous is not process:
+                self.processes.pop(previous.key, None)
+                await previous.close()
+            return result
+        self.processes.pop(process.key, None)
+        await process.close()
+        return result if modern else None
 
-    async def discover_result(self) -> dict[str, Any] | None:
-        return None
+    async def _sessionless_process(self) -> StdioProcess:
+        async with self._sessionless_lock:
+            process = self._sessionless
+            if process is None or not process.alive or process.key not in self.processes:
+                process = self._sessionless = await self._spawn()
+            return process
 
     async def _spawn(self) -> StdioProcess:
         self._reap()
-        if len(self.processes) >= self.max_processes:
+        if len(self.processes) + self._starting >= self.max_processes:
             raise UpstreamFailure(
                 jsonrpc.UPSTREAM_UNAVAILABLE,
                 f"upstream {self.slug} already runs {self.max_processes} processes, its limit; "
@@ -324,7 +414,12 @@ class StdioUpstream:
             )
         key = f"stdio-{secrets.token_hex(12)}"
         process = StdioProcess(self, key)
-        await process.start()
+        # Starting yields to other requests, which must find this place taken.
+        self._starting += 1
+        try:
+            await process.start()
+        finally:
+            self._starting -= 1
         self.processes[key] = process
         if self._sweeper is None or self._sweeper.done():
             self._sweeper = asyncio.ensure_future(self._sweep())
@@ -353,6 +448,7 @@ class StdioUpstream:
                 process,
                 {"jsonrpc": "2.0", "id": "gateway-init", "method": "initialize", "params": params},
             )
+            reply.timeout = settings.GATEWAY["STDIO_START_TIMEOUT"]
             message = await reply.first_response()
             await reply.aclose()
             if "error" in message.payload:
@@ -371,16 +467,40 @@ class StdioUpstream:
             raise
         return LegacySession(process.key, result["protocolVersion"], result)
 
-    async def _request(self, process: StdioProcess, payload: dict[str, Any]) -> StdioReply:
-        request_id = payload["id"]
+    async def _request(
+        self, process: StdioProcess, payload: dict[str, Any], *, rewrite_id: bool = False
+    ) -> StdioReply:
+        original_id = payload["id"]
+        request_id = process.next_id() if rewrite_id else original_id
+        sent_token, original_token = None, None
+        params = payload.get("params")
+        meta = params.get("_meta") if isinstance(params, dict) else None
+        if isinstance(meta, dict) and "progressToken" in meta:
+            # Agents sharing a process may pick the same token: the server gets one of ours.
+            assert isinstance(params, dict)
+            sent_token, original_token = process.next_id(), meta["progressToken"]
+            meta = {**meta, "progressToken": sent_token}
+            payload = {**payload, "params": {**params, "_meta": meta}}
+            process.tokens[sent_token] = request_id
         queue: asyncio.Queue[Message | None] = asyncio.Queue()
         process.pending[request_id] = queue
         try:
-            await process.write(payload)
+            await process.write({**payload, "id": request_id})
         except BaseException:
             process.pending.pop(request_id, None)
+            process.tokens.pop(sent_token, None)
             raise
-        return StdioReply(process, request_id, queue, self.slug)
+        return StdioReply(
+            process,
+            request_id,
+            queue,
+            self.slug,
+            original_id=original_id,
+            rewritten_id=rewrite_id,
+            sent_token=sent_token,
+            original_token=original_token,
+            cancellable=payload.get("method") != "initialize",
+        )
 
     def _process(self, session_id: str | None) -> StdioProcess:
         process = self.processes.get(session_id or "")
@@ -398,8 +518,10 @@ class StdioUpstream:
         session_id: str | None = None,
         protocol_version: str | None = None,
         extra: dict[str, str] | None = None,
-    ) -> StdioReply | Accepted:
+    ) -> "StdioReply | Accepted | Answered":
         payload = json.loads(message) if isinstance(message, bytes) else message
+        if not session_id:
+            return await self._post_sessionless(payload)
         process = self._process(session_id)
         if "method" in payload and "id" in payload:
             if payload["id"] in process.pending:
@@ -409,6 +531,18 @@ class StdioUpstream:
             return await self._request(process, payload)
         await process.write(payload)
         return Accepted()
+
+    async def _post_sessionless(
+        self, payload: dict[str, Any]
+    ) -> "StdioReply | Accepted | Answered":
+        """A 2026-07-28 request: to the process without a session, if the server is modern."""
+        if not await self.is_modern():
+            return refused_discover(self._discover_refusal, payload.get("id"))
+        if not ("method" in payload and "id" in payload):
+            # 2026-07-28 has no client-to-server notifications on this path.
+            return Accepted()
+        process = await self._sessionless_process()
+        return await self._request(process, payload, rewrite_id=True)
 
     async def send(
         self,
@@ -426,7 +560,14 @@ class StdioUpstream:
                 await process.close()
             return Accepted(status=200)
         if method == "GET":
-            process = self._process(session_id)
+            try:
+                process = self._process(session_id)
+            except SessionExpired:
+                raise UpstreamFailure(
+                    jsonrpc.UPSTREAM_UNAVAILABLE,
+                    f"upstream {self.slug}: the session's server process is gone; "
+                    "the next request starts a fresh one",
+                ) from None
             queue: asyncio.Queue[Message | None] = asyncio.Queue()
             process.listeners.append(queue)
             return _ListenerReply(process, queue, self.slug)

@@ -12,8 +12,11 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.utils.timezone import now
 
+from . import admission
 from .models import Connection, DownstreamSession, digest
 from .pipeline import ConnectionInfo
+
+SESSION_TABLE = DownstreamSession._meta.db_table
 
 
 def _connection(slug: str) -> ConnectionInfo | None:
@@ -36,10 +39,14 @@ def _connection(slug: str) -> ConnectionInfo | None:
     )
 
 
-load_connection = sync_to_async(_connection, thread_sensitive=False)
+_load_connection = sync_to_async(_connection, thread_sensitive=False)
 
 
-@dataclass(slots=True)
+async def load_connection(slug: str) -> ConnectionInfo | None:
+    return await admission.kept(admission.CONNECTIONS, slug, lambda: _load_connection(slug))
+
+
+@dataclass(frozen=True, slots=True)
 class SessionInfo:
     key_digest: str
     connection_id: int
@@ -99,13 +106,21 @@ def _set_upstream_session(key_digest: str, upstream_session_id: str, version: st
     DownstreamSession.objects.filter(pk=key_digest).update(
         upstream_session_id=upstream_session_id, upstream_protocol_version=version
     )
+    admission.changed_here(f"{SESSION_TABLE}:{key_digest}")
 
 
 def _end_session(key_digest: str) -> None:
     DownstreamSession.objects.filter(pk=key_digest, ended_at__isnull=True).update(ended_at=now())
+    admission.changed_here(f"{SESSION_TABLE}:{key_digest}")
 
 
 create_session = sync_to_async(_create_session, thread_sensitive=False)
-get_session = sync_to_async(_get_session, thread_sensitive=False)
+_get_session_async = sync_to_async(_get_session, thread_sensitive=False)
+
+
+async def get_session(key: str) -> SessionInfo | None:
+    return await admission.kept(admission.SESSIONS, digest(key), lambda: _get_session_async(key))
+
+
 set_upstream_session = sync_to_async(_set_upstream_session, thread_sensitive=False)
 end_session = sync_to_async(_end_session, thread_sensitive=False)

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +19,7 @@ from django.conf import settings
 
 from . import jsonrpc, protocol, sse
 from .jsonrpc import Message
+from .replies import DetectsEra
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ class LegacySession:
 
 
 @dataclass
-class Upstream:
+class Upstream(DetectsEra):
     """The gateway's client for one connection's upstream, shared by all calls in a process."""
 
     slug: str
@@ -174,19 +174,28 @@ class Upstream:
     headers: dict[str, str]
     client: httpx.AsyncClient = field(init=False)
     # Whether the upstream answers server/discover (2026-07-28), with the time we learnt it.
-    _modern: tuple[bool, float] | None = field(default=None, init=False)
-    _discover_result: dict[str, Any] | None = field(default=None, init=False)
     # The session used on behalf of stateless (modern) agents when the upstream is legacy.
     _shared_session: LegacySession | None = field(default=None, init=False)
     _shared_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
 
     def __post_init__(self) -> None:
         timeouts = settings.GATEWAY
+        timeout = httpx.Timeout(
+            timeouts["UPSTREAM_TIMEOUT"], connect=timeouts["UPSTREAM_CONNECT_TIMEOUT"]
+        )
         self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(
-                timeouts["UPSTREAM_TIMEOUT"], connect=timeouts["UPSTREAM_CONNECT_TIMEOUT"]
+            timeout=timeout,
+            limits=httpx.Limits(
+                max_connections=timeouts["UPSTREAM_MAX_CONNECTIONS"], max_keepalive_connections=50
             ),
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+            follow_redirects=False,
+        )
+        # Agents' GET streams stay open for as long as the agent listens, one upstream
+        # connection each: they get a pool of their own, so that any number of idle
+        # listeners can never starve calls of connections.
+        self.stream_client = httpx.AsyncClient(
+            timeout=timeout,
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=0),
             follow_redirects=False,
         )
 
@@ -231,9 +240,17 @@ class Upstream:
         )
         if body is not None:
             headers["content-type"] = "application/json"
-        request = self.client.build_request(method, self.url, content=body, headers=headers)
+        client = self.stream_client if method == "GET" else self.client
+        request = client.build_request(method, self.url, content=body, headers=headers)
         try:
-            response = await self.client.send(request, stream=True)
+            response = await client.send(request, stream=True)
+        except httpx.PoolTimeout:
+            raise UpstreamFailure(
+                jsonrpc.UPSTREAM_UNAVAILABLE,
+                f"the gateway has {settings.GATEWAY['UPSTREAM_MAX_CONNECTIONS']} requests open "
+                f"to upstream {self.name} and no connection came free within "
+                f"{settings.GATEWAY['UPSTREAM_TIMEOUT']:g} s; try again later",
+            ) from None
         except httpx.TimeoutException as exc:
             self.forget_era()
             outcome = "upstream_error" if isinstance(exc, httpx.ConnectTimeout) else "timeout"
@@ -287,27 +304,6 @@ class Upstream:
         return reply
 
     # -- era detection -------------------------------------------------------------
-
-    def forget_era(self) -> None:
-        self._modern = None
-
-    async def is_modern(self) -> bool:
-        """Whether the upstream speaks 2026-07-28; probed once and cached."""
-        cached = self._modern
-        if (
-            cached is not None
-            and time.monotonic() - cached[1] < settings.GATEWAY["ERA_CACHE_SECONDS"]
-        ):
-            return cached[0]
-        result = await self._probe_discover()
-        self._discover_result = result
-        self._modern = (result is not None, time.monotonic())
-        return result is not None
-
-    async def discover_result(self) -> dict[str, Any] | None:
-        if await self.is_modern():
-            return self._discover_result
-        return None
 
     async def _probe_discover(self) -> dict[str, Any] | None:
         request = protocol.discover_request("gateway-probe")
@@ -379,6 +375,7 @@ class Upstream:
         if self._shared_session is not None:
             await self.end_session(self._shared_session)
         await self.client.aclose()
+        await self.stream_client.aclose()
 
 
 class InitializeRefused(Exception):
@@ -400,7 +397,8 @@ _registry: dict[int, _Entry] = {}
 
 
 def upstream_for(connection: Any) -> Any:
-    """The process's client for a connection (HTTP or stdio), rebuilt when it was edited."""
+    """The process's client for a connection (Streamable HTTP, HTTP+SSE or stdio), rebuilt
+    when it was edited."""
     entry = _registry.get(connection.id)
     if entry is not None and entry.stamp == connection.stamp:
         return entry.upstream
@@ -416,6 +414,12 @@ def upstream_for(connection: Any) -> Any:
             cwd=connection.cwd,
             env=dict(connection.env),
             max_processes=connection.max_processes,
+        )
+    elif connection.transport == "sse":
+        from .legacy_sse import LegacySseUpstream
+
+        upstream = LegacySseUpstream(
+            slug=connection.slug, url=connection.url, headers=connection.headers
         )
     else:
         upstream = Upstream(slug=connection.slug, url=connection.url, headers=connection.headers)

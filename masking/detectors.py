@@ -3,12 +3,19 @@
 This runs on every tool result on the data path, so each detector is built to be cheap on
 text that holds nothing for it. `re` is fast at finding a literal and slow at stepping
 through a character class, so detectors look for literals: `"@"`, `"-----BEGIN "`, token
-prefixes, and, for the digit-based entities, multi-character literals such as `0000` in a
-"shape" of the text (every digit mapped to 0 and every capital to A, one byte a character,
-made once per text with `bytes.translate` and shared by the detectors through `scan`).
-Full patterns run only where an anchor was found. Every pattern is linear: quantifiers are
-bounded and repeated groups are separated by mandatory delimiters, so no input makes them
-backtrack catastrophically.
+prefixes, keywords, and, for the digit-based entities, multi-character literals such as
+`0000` in a "shape" of the text (every digit mapped to 0 and every capital to A, one byte a
+character). Full patterns run only where an anchor was found. Every pattern is linear:
+quantifiers are bounded and repeated groups are separated by mandatory delimiters, so no
+input makes them backtrack catastrophically.
+
+Each search for a literal is a pass over the text, so the detectors share what they can
+through `scan` (see `_Views`): the derived forms of the text (ASCII, shape, lower case) are
+made once; the positions that several digit-based detectors start from (runs of nine or
+more digits, pairs of digit groups) are searched for once; and one pass of a `re2.Set`
+tells which keywords and prefixes occur at all (`_TRIGGERS`), so that the searches for
+those that do not are skipped. In a typical 10 KB tool result most prefixes and several
+keywords are absent.
 
 What each detector counts (a finding's span is exactly the sensitive value):
 
@@ -85,6 +92,7 @@ from functools import cache
 from typing import Protocol
 
 import phonenumbers
+import re2
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,41 +112,157 @@ class Detector(Protocol):
 
 _ALNUM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
 _WORD = _ALNUM | {"_"}
+_ALNUM_BYTES = frozenset(map(ord, _ALNUM))  # the same characters as items of a bytes object
 _NON_DIGITS = re.compile(r"[^0-9]")
 # "NL91 ABNA 0417 1643 00": digits that end a grouped account number are not a phone or card
 _GROUPED_ACCOUNT_BEFORE = re.compile(r"[A-Z]{2}[0-9]{2}(?: [A-Z0-9]{4})+ \Z")
 
 
 _SHAPE_TABLE = bytes.maketrans(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"0" * 10 + b"A" * 26)
+# The shape with every number separator (space, dot, dash) written as a dash, so that
+# "415 555", "415.555" and "415-555" are all found with one literal search for b"000-000".
+_JOINED_TABLE = bytes.maketrans(b" .", b"--")
+_LONG_RUN = re.compile(rb"000000000+")
+
+
+# What the searches of the detectors start from, by name: patterns in RE2 syntax on the
+# ASCII view (`(?i)` for the keywords, which the detectors look for in lower case), each
+# matching wherever the search it stands for could find something. One pass of a
+# `re2.Set` over the text tells which of them occur, so that detectors skip the searches
+# for those that do not. `scan` runs it when its detectors use enough of these (each search
+# is a pass over the text; the set costs about as much as `_SET_WORTH_IT` of them). A set
+# matches with a DFA that, unlike single patterns, never gives up on a long text: when its
+# cache fills, it resets it and goes on.
+_TRIGGERS: dict[str, bytes] = {
+    "jwt": rb"eyJ",
+    "pem": rb"-----BEGIN ",
+    "aws_key_id": rb"A(?:KIA|SIA|BIA|CCA)",
+    "github": rb"gh[pousr]_|github_pat_",
+    "gitlab": rb"gl(?:pat|dt|rt|ptt|ft|imt|cbt|soat|oas|agent|wt|ffct)-|GR1348941",
+    "slack": rb"x(?:ox[abposre]|app)-",
+    "stripe": rb"[sr]k_(?:live|test)_|whsec_",
+    # a password in URL userinfo (`_URL_USERINFO`)
+    "url": rb"""://[^\s:/@?#"'<>]*:[^\s/@?#"'<>]+@""",
+    "ipv4": rb"\.[0-9]{1,3}\.[0-9]",
+    "ipv6": rb":(?::|[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{1,4}:)",
+    "aws": rb"(?i)aws",
+    "aws_secret_words": rb"(?i)secret[ _\-]?(?:access[ _\-]?)?key",  # `_AWS_SECRET_CONTEXT`
+    "bearer": rb"(?i)bearer[ \t]{1,4}[A-Za-z0-9\-._~+/]{12}",  # and a value (`_BEARER_VALUE`)
+    "ssn": rb"(?i)ss[n#]|social",
+    "phone_word": rb"(?i)phone|tel|mobile|cell|fax|sms|whatsapp|contact",
+    "paren": rb"\([0-9]{2}",
+    # what `_FRENCH_ANCHOR` needs: four groups of two digits after a non-word character
+    "french": rb"(?:^|[^A-Za-z0-9_\-.+/])[0-9]{2}"
+    rb"(?:(?: [0-9]{2}){3}|(?:\.[0-9]{2}){3}|(?:-[0-9]{2}){3})",
+} | {
+    # a key with a secret_assignment keyword, then an operator (`_OPERATOR_AFTER_KEY`)
+    word: rb"""(?i)%s[a-z0-9_.\-]{0,60}(?:(?:\\?["'])?[ \t]{0,3}[=:]|>[^<>\n]*</)""" % word.encode()
+    for word in ("pass", "pwd", "secret", "token", "key", "auth", "credential", "session")
+}
+_SET_WORTH_IT = 6
+
+
+def _trigger_set() -> re2.Set | None:
+    options = re2.Options()
+    options.log_errors = False
+    trigger_set = re2.Set.SearchSet(options)
+    for pattern in _TRIGGERS.values():
+        trigger_set.Add(pattern)
+    trigger_set.Compile()
+    # A set whose DFA cannot start (too large for its memory) matches nothing at all.
+    if trigger_set.Match(b"x eyJ x") is None:
+        return None
+    return trigger_set
+
+
+_TRIGGER_SET = _trigger_set()
+_TRIGGER_NAMES = tuple(_TRIGGERS)
 
 
 class _Views:
     """Derived forms of one text, shared by the detectors that scan it.
 
-    The shape maps every ASCII digit to 0 and every capital to A (anything else outside
-    ASCII to ?), one byte per character, so detectors can look for multi-character
-    literals such as b"0000" or b"AA00" (which `re` finds with a fast literal search) instead
-    of stepping through every digit with a character class.
+    Each view has one byte per character of the text (anything outside ASCII is `?`), so a
+    position in a view is a position in the text. The shape maps every ASCII digit to 0 and
+    every capital to A, so detectors can look for multi-character literals such as b"0000"
+    or b"AA00" (which `bytes.find` and `re` find fast) instead of stepping through every
+    digit with a character class; `joined` is the shape with number separators unified.
+    `lower` is the text with ASCII letters in lower case, for keyword searches.
     """
 
-    __slots__ = ("_lower", "_shape", "text")
+    __slots__ = (
+        "_ascii", "_group_pairs", "_joined", "_long_runs", "_lower", "_shape", "present",
+        "text",
+    )  # fmt: skip
 
     def __init__(self, text: str) -> None:
         self.text = text
+        self._ascii: bytes | None = None
         self._shape: bytes | None = None
-        self._lower: str | None = None
+        self._joined: bytes | None = None
+        self._lower: bytes | None = None
+        self._long_runs: list[tuple[int, int]] | None = None
+        self._group_pairs: list[int] | None = None
+        # The names of the `_TRIGGERS` in the text, once `find_triggers` has run.
+        self.present: frozenset[str] | None = None
+
+    def find_triggers(self) -> None:
+        if self.present is None and _TRIGGER_SET is not None:
+            found = _TRIGGER_SET.Match(self.ascii) or ()  # None when nothing matches
+            self.present = frozenset(_TRIGGER_NAMES[i] for i in found)
+
+    def may_contain(self, trigger: str) -> bool:
+        """False only if the text is known not to contain the trigger."""
+        return self.present is None or trigger in self.present
+
+    @property
+    def ascii(self) -> bytes:
+        if self._ascii is None:
+            self._ascii = self.text.encode("ascii", "replace")
+        return self._ascii
 
     @property
     def shape(self) -> bytes:
         if self._shape is None:
-            self._shape = self.text.encode("ascii", "replace").translate(_SHAPE_TABLE)
+            self._shape = self.ascii.translate(_SHAPE_TABLE)
         return self._shape
 
     @property
-    def lower(self) -> str:
+    def joined(self) -> bytes:
+        if self._joined is None:
+            self._joined = self.shape.translate(_JOINED_TABLE)
+        return self._joined
+
+    @property
+    def lower(self) -> bytes:
         if self._lower is None:
-            self._lower = self.text.lower()
+            self._lower = self.ascii.lower()
         return self._lower
+
+    # Positions shared by the digit-based detectors: each list costs one search of the text.
+
+    @property
+    def long_runs(self) -> list[tuple[int, int]]:
+        """(start, end) of every run of nine or more digits, in order: bare phone numbers,
+        compact card numbers and bare SSNs are among them."""
+        if self._long_runs is None:
+            self._long_runs = [m.span() for m in _LONG_RUN.finditer(self.shape)]
+        return self._long_runs
+
+    @property
+    def group_pairs(self) -> list[int]:
+        """Every position, overlaps included, of b"000-000" on the joined shape: a group of
+        three digits and a group of at least three, as in NANP phone numbers and grouped
+        card numbers."""
+        if self._group_pairs is None:
+            joined = self.joined
+            hits = []
+            position = joined.find(b"000-000")
+            while position != -1:
+                hits.append(position)
+                position = joined.find(b"000-000", position + 1)
+            self._group_pairs = hits
+        return self._group_pairs
 
 
 _last_views: _Views | None = None
@@ -153,15 +277,17 @@ def _views(text: str) -> _Views:
     return views
 
 
-def _literal_hits(shape: bytes, literals: tuple[bytes, ...]) -> list[int]:
-    """Start positions of the literals in the shape, in order (`bytes.find` is the fastest
-    search there is; hits are few)."""
+def _literal_hits(
+    shape: bytes, literals: tuple[bytes, ...], *, overlapping: bool = False
+) -> list[int]:
+    """Start positions of the literals in the shape, in order (hits are few)."""
     hits = []
     for literal in literals:
+        step = 1 if overlapping else len(literal)
         position = shape.find(literal)
         while position != -1:
             hits.append(position)
-            position = shape.find(literal, position + len(literal))
+            position = shape.find(literal, position + step)
     if len(literals) > 1:
         hits.sort()
     return hits
@@ -176,7 +302,6 @@ def _distinct_enough(value: str, minimum: int = 6) -> bool:
 # email
 
 _EMAIL_LOCAL_CHARS = _ALNUM | set("._%+-")
-_EMAIL_LOCAL = re.compile(r"[A-Za-z0-9._%+\-]{1,64}\Z")
 _EMAIL_DOMAIN = re.compile(
     r"(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.){1,8}([A-Za-z]{2,24})(?![A-Za-z0-9\-])"
 )
@@ -205,10 +330,13 @@ class EmailDetector:
 
     @staticmethod
     def _match_at(text: str, at: int) -> tuple[int, int] | None:
-        local = _EMAIL_LOCAL.search(text, max(0, at - 64), at)
-        if local is None:
+        # The local part: the run of local-part characters before the @, at most 64.
+        floor = max(0, at - 64)
+        start = at
+        while start > floor and text[start - 1] in _EMAIL_LOCAL_CHARS:
+            start -= 1
+        if start == at:
             return None
-        start = local.start()
         if start > 0 and text[start - 1] in _EMAIL_LOCAL_CHARS:
             return None  # the local part is longer than 64 characters: not an address
         while start < at and text[start] == ".":
@@ -255,10 +383,11 @@ _ZIP_PLUS_4 = re.compile(r"[0-9]{5}-[0-9]{4}\Z")
 # Every phone candidate contains one of these on the shape (digits are 0): a + and a digit;
 # a ( and two; two groups of at least three digits at the start of a number (NANP and most
 # national formats); four groups of two (French style); ten or eleven digits in a row (bare
-# numbers, which count only after a phone word). Each pattern starts with a literal, which
-# `re` searches for quickly, and rejects in place what is glued to a word or inside a longer
-# number (UUIDs, timestamps, ids), so few hits open a window (from `before` to `after`
-# around the hit) where the full pattern runs.
+# numbers, which count only after a phone word). Each anchor is a pattern on the shape that
+# rejects in place what is glued to a word or inside a longer number (UUIDs, timestamps,
+# ids). The patterns for + and ( run over the shape; the others run only where a shared
+# search found their start (`_Views.group_pairs`, `_Views.long_runs`) or where a literal on
+# the joined shape is. Few anchors open a window around them where the full pattern runs.
 _PHONE_SEPARATOR = rb"[ .\-]"
 _NUMBER_STARTS = (
     b"000" + _PHONE_SEPARATOR + b"000",
@@ -266,34 +395,42 @@ _NUMBER_STARTS = (
     b"00000" + _PHONE_SEPARATOR + b"000",
 )
 _NUMBER_STARTS += (b"0" + _PHONE_SEPARATOR + _NUMBER_STARTS[0],)
-_PHONE_ANCHORS = tuple(
-    (re.compile(pattern), before, after)
-    for pattern, before, after in (
-        (rb"\+0(?<![\w+\-./]\+0)(?!0?:)", 0, 40),
-        (rb"\(00", 0, 40),
-        (
-            rb"000"
-            + _PHONE_SEPARATOR
-            + rb"000(?:"
-            + rb"|".join(rb"(?<=[^\w\-.+/]%s)|(?<=^%s)" % (g, g) for g in _NUMBER_STARTS)
-            + rb")",
-            8,
-            36,
-        ),
-        (
-            rb"00(?P<s>[ .\-])00(?P=s)00(?P=s)00"
-            rb"(?:(?<=[^\w\-.+/]00[ .\-]00[ .\-]00[ .\-]00)|(?<=^00[ .\-]00[ .\-]00[ .\-]00))",
-            0,
-            24,
-        ),
-        (rb"0000000000(?<![\w\-+]0000000000)(?!00)", 0, 16),
-    )
+
+
+_PLUS_ANCHOR = re.compile(rb"\+0(?<![\w+\-./]\+0)(?!0?:)")
+_PAREN_ANCHOR = re.compile(rb"\(00")
+_NANP_ANCHOR = re.compile(  # found among `_Views.group_pairs`
+    rb"000"
+    + _PHONE_SEPARATOR
+    + rb"000(?:"
+    + rb"|".join(rb"(?<=[^\w\-.+/]%s)|(?<=^%s)" % (g, g) for g in _NUMBER_STARTS)
+    + rb")"
 )
-_BARE_ANCHOR = _PHONE_ANCHORS[-1][0]
+_FRENCH_ANCHOR = re.compile(  # found where b"00-00-00-00" is on the joined shape
+    rb"00(?P<s>[ .\-])00(?P=s)00(?P=s)00"
+    rb"(?:(?<=[^\w\-.+/]00[ .\-]00[ .\-]00[ .\-]00)|(?<=^00[ .\-]00[ .\-]00[ .\-]00))"
+)
+# A bare number is a whole run of ten or eleven digits, not after a word character (on the
+# shape: a lower-case letter, A, 0 or _), - or +.
+_BARE_PHONE_REJECT_BEFORE = frozenset(b"abcdefghijklmnopqrstuvwxyzA0_-+")
+
+
+def _matches_at(
+    pattern: re.Pattern[bytes], shape: bytes, candidates: Iterable[int]
+) -> Iterator[int]:
+    """The starts of the matches of `pattern` on the shape, without overlaps, as `finditer`
+    gives them, where `candidates` (ascending) holds every position a match can start at."""
+    resume = 0
+    for position in candidates:
+        if position >= resume and (match := pattern.match(shape, position)) is not None:
+            resume = match.end()
+            yield position
+
+
 _DIGIT_GROUPS = re.compile(r"[0-9]+")
 _NANP_GROUPS = frozenset({(3, 3, 4), (1, 3, 3, 4), (3, 7), (1, 3, 7)})
-_PHONE_CONTEXT = re.compile(
-    r"(?<![a-z])(?:phone|tel|mobile|cell|fax|sms|whatsapp|contact)[a-z_\-]{0,12}[^a-z0-9]{1,6}\Z"
+_PHONE_CONTEXT = re.compile(  # on the lower-case view
+    rb"(?<![a-z])(?:phone|tel|mobile|cell|fax|sms|whatsapp|contact)[a-z_\-]{0,12}[^a-z0-9]{1,6}\Z"
 )
 
 
@@ -377,6 +514,7 @@ def _valid_national(digits: str, region: str) -> bool:
 class PhoneDetector:
     name = "phone"
     entity = "PHONE"
+    triggers = ("french", "phone_word", "paren")
 
     def __init__(
         self,
@@ -391,13 +529,26 @@ class PhoneDetector:
     def find(self, text: str) -> Iterator[Finding]:
         # Every candidate contains one of the shape anchors (or follows a phone word); the
         # full pattern runs only in windows around them.
-        shape = _views(text).shape
-        windows = [
-            (m.start() - before, m.start() + after)
-            for anchor, before, after in _PHONE_ANCHORS
-            for m in anchor.finditer(shape)
-            if anchor is not _BARE_ANCHOR
-            or _PHONE_CONTEXT.search(text[max(0, m.start() - 32) : m.start()].lower())
+        views = _views(text)
+        shape, joined = views.shape, views.joined
+        windows = [(m.start(), m.start() + 40) for m in _PLUS_ANCHOR.finditer(shape)]
+        if views.may_contain("paren"):
+            windows += [(m.start(), m.start() + 40) for m in _PAREN_ANCHOR.finditer(shape)]
+        windows += [
+            (position - 8, position + 36)
+            for position in _matches_at(_NANP_ANCHOR, shape, views.group_pairs)
+        ]
+        if views.may_contain("french"):
+            french = _literal_hits(joined, (b"00-00-00-00",), overlapping=True)
+            windows += [
+                (position, position + 24) for position in _matches_at(_FRENCH_ANCHOR, shape, french)
+            ]
+        windows += [
+            (start, start + 16)
+            for start, end in (views.long_runs if views.may_contain("phone_word") else ())
+            if 10 <= end - start <= 11
+            and (start == 0 or shape[start - 1] not in _BARE_PHONE_REJECT_BEFORE)
+            and _PHONE_CONTEXT.search(views.lower[max(0, start - 32) : start])
         ]
         if not windows:
             return
@@ -421,28 +572,25 @@ class PhoneDetector:
         count = len(digits)
         if core[0] == "+":
             return 8 <= count <= 15 and _valid_international(digits)
-        if bare:
-            window = text[max(0, start - 32) : start].lower()
-            if not _PHONE_CONTEXT.search(window):
-                return False
-        elif (
-            _GROUPED_ACCOUNT_BEFORE.search(text, max(0, start - 48), start)
-            or _DATE_SHAPE.match(core)
+        # A national number has a trunk 0 and 9-12 digits, or is a NANP number.
+        trunk = digits[0] == "0"
+        if not (9 <= count <= 12 if trunk else count == 10 or (count == 11 and digits[0] == "1")):
+            return False
+        if bare and not _PHONE_CONTEXT.search(_views(text).lower[max(0, start - 32) : start]):
+            return False
+        if not bare and (
+            _DATE_SHAPE.match(core)
             or _DOTTED_QUAD.match(core)
             or _SSN_SHAPE.match(core)
             or _ZIP_PLUS_4.match(core)
-            or count > 12
+            or _GROUPED_ACCOUNT_BEFORE.search(text, max(0, start - 48), start)
         ):
             return False
-        if digits[0] == "0":
-            return 9 <= count <= 12 and any(
-                _valid_national(digits, r) for r in self.national_regions
-            )
-        if count == 10 or (count == 11 and digits[0] == "1"):
-            if not bare and tuple(map(len, _DIGIT_GROUPS.findall(core))) not in _NANP_GROUPS:
-                return False  # 5348 5938 39 is not how anyone writes a NANP number
-            return _valid_national(digits[-10:], self.default_region)
-        return False
+        if trunk:
+            return any(_valid_national(digits, r) for r in self.national_regions)
+        if not bare and tuple(map(len, _DIGIT_GROUPS.findall(core))) not in _NANP_GROUPS:
+            return False  # 5348 5938 39 is not how anyone writes a NANP number
+        return _valid_national(digits[-10:], self.default_region)
 
 
 # ---------------------------------------------------------------------------------------
@@ -460,34 +608,39 @@ _CARD = re.compile(  # on the shape (digits are 0)
     """,
     re.VERBOSE,
 )
-# Every card contains one of these literals on the shape; the full pattern runs only there.
-_CARD_ANCHORS = (
-    b"000000000000",
-    b"0000 0000 0000",
-    b"0000-0000-0000",
-    b"0000 000000 0000",
-    b"0000-000000-0000",
+# Every card starts a run of twelve or more digits or starts one of these on the joined
+# shape (which all hold a `_Views.group_pairs` position one character in); the full pattern
+# runs only there.
+_GROUPED_CARD_STARTS = (b"0000-0000-0000", b"0000-000000-0000")
+_CARD_CONTEXT = re.compile(  # on the lower-case view
+    rb"(?<![a-z])(?:card|pan|visa|maestro|mastercard|cc)[a-z_\- ]{0,12}[^a-z0-9]{1,6}\Z"
 )
-_CARD_CONTEXT = re.compile(
-    r"(?<![a-z])(?:card|pan|visa|maestro|mastercard|cc)[a-z_\- ]{0,12}[^a-z0-9]{1,6}\Z"
-)
+
+
+_LUHN_DOUBLED = {str(d): (2 * d) % 10 + (2 * d) // 10 for d in range(10)}
 
 
 def luhn_valid(digits: str) -> bool:
-    total = 0
-    for position, char in enumerate(reversed(digits)):
-        value = ord(char) - 48
-        if position % 2:
-            value *= 2
-            if value > 9:
-                value -= 9
-        total += value
+    """digits: ASCII digits only."""
+    total = sum(map(int, digits[-1::-2])) + sum(map(_LUHN_DOUBLED.__getitem__, digits[-2::-2]))
     return total % 10 == 0
+
+
+# The lengths any scheme below issues, by first digit: most candidates fail this already.
+_CARD_LENGTHS = {
+    "1": {15}, "2": {16, 17, 18, 19}, "3": {14, 15, 16, 17, 18, 19}, "4": {13, 16, 19},
+    "5": {12, 13, 14, 15, 16, 17, 18, 19}, "6": {12, 13, 14, 15, 16, 17, 18, 19},
+    "8": {16, 17, 18, 19}, "9": {16},
+}  # fmt: skip
 
 
 def _card_scheme_ok(d: str) -> bool:
     """Does the number's prefix belong to a card scheme that issues this length?"""
     n = len(d)
+    if n not in _CARD_LENGTHS.get(d[0], ()):
+        return False
+    if d[0] == "1":  # UATP (no other scheme starts with 1)
+        return n == 15
     p2, p3, p4 = int(d[:2]), int(d[:3]), int(d[:4])
     if d[0] == "4":  # Visa, Visa Electron
         return n in (13, 16, 19)
@@ -505,11 +658,13 @@ def _card_scheme_ok(d: str) -> bool:
         return 16 <= n <= 19
     if p2 == 50 or 56 <= p2 <= 69:  # Maestro
         return 12 <= n <= 19
-    if d[0] == "1":  # UATP
-        return n == 15
     if p4 == 9792:  # Troy
         return n == 16
     return False
+
+
+def _card_digits_ok(digits: str) -> bool:
+    return digits.count(digits[0]) != len(digits) and _card_scheme_ok(digits) and luhn_valid(digits)
 
 
 class PaymentCardDetector:
@@ -517,28 +672,43 @@ class PaymentCardDetector:
     entity = "CARD"
 
     def find(self, text: str) -> Iterator[Finding]:
-        shape = _views(text).shape
+        views = _views(text)
+        shape = views.shape
         resume = 0
-        for position in _literal_hits(shape, _CARD_ANCHORS):
-            match = _CARD.match(shape, position) if position >= resume else None
+        joined = views.joined
+        # (start, end of the run) for compact candidates, whose match, if any, is the whole
+        # run; (start, 0) for grouped ones.
+        candidates = [
+            (start, end)
+            for start, end in views.long_runs
+            if end - start in _CARD_LENGTHS.get(text[start], ())
+        ]
+        candidates += [
+            (hit - 1, 0)
+            for hit in views.group_pairs
+            if hit and joined.startswith(_GROUPED_CARD_STARTS, hit - 1)
+        ]
+        candidates.sort()
+        for position, run_end in candidates:
+            if position < resume or (run_end and not _card_digits_ok(text[position:run_end])):
+                continue  # the checks on the digits alone first: they reject most candidates
+            match = _CARD.match(shape, position)
             if match is None:
                 continue
-            start = match.start()
-            digits = _NON_DIGITS.sub("", text[start : match.end()])
-            if len(digits) == 12 and match.end() - start == 12:
-                window = text[max(0, start - 32) : start].lower()
-                if not _CARD_CONTEXT.search(window):
+            start, end = match.span()
+            if run_end:
+                digits = text[start:end]
+            else:
+                digits = _NON_DIGITS.sub("", text[start:end])
+                if not _card_digits_ok(digits):
+                    continue
+            if len(digits) == 12 and end - start == 12:
+                if not _CARD_CONTEXT.search(views.lower[max(0, start - 32) : start]):
                     continue
             if _GROUPED_ACCOUNT_BEFORE.search(text, max(0, start - 48), start):
                 continue
-            if (
-                12 <= len(digits) <= 19
-                and digits.count(digits[0]) != len(digits)
-                and _card_scheme_ok(digits)
-                and luhn_valid(digits)
-            ):
-                resume = match.end()
-                yield Finding(start, match.end(), self.entity, self.name)
+            resume = end
+            yield Finding(start, end, self.entity, self.name)
 
 
 # ---------------------------------------------------------------------------------------
@@ -559,9 +729,17 @@ IBAN_LENGTHS = {
 _IBAN_START = re.compile(rb"AA00")  # on the shape: two capitals and two digits
 
 
+# Each letter as its number in base 36 (A and a are 10, Z and z 35).
+_IBAN_LETTER_VALUES = str.maketrans(
+    {c: str(int(c, 36)) for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"}
+)
+
+
 def iban_checksum_valid(compact: str) -> bool:
     rearranged = compact[4:] + compact[:4]
-    return int("".join(str(int(c, 36)) for c in rearranged)) % 97 == 1
+    if not rearranged.isascii() or not rearranged.isalnum():
+        raise ValueError(f"not an IBAN: {compact!r}")
+    return int(rearranged.translate(_IBAN_LETTER_VALUES)) % 97 == 1
 
 
 @cache
@@ -607,11 +785,10 @@ _SSN = re.compile(  # on the shape
     """,
     re.VERBOSE,
 )
-_SSN_ANCHORS = (b"000-00-0000", b"000 00 0000")
-_SSN_BARE_ANCHOR = b"000000000"
-_SSN_WORDS = ("ssn", "ss#", "social")
-_SSN_CONTEXT = re.compile(
-    r"(?<![a-z])(?:ssn|ss#|social[ _\-]?security)[a-z_\-. #]{0,12}[^a-z0-9]{1,6}\Z"
+_SSN_ANCHOR = b"000-00-0000"  # on the joined shape
+_SSN_WORD = re.compile(rb"ss[n#]|social")
+_SSN_CONTEXT = re.compile(  # on the lower-case view
+    rb"(?<![a-z])(?:ssn|ss#|social[ _\-]?security)[a-z_\-. #]{0,12}[^a-z0-9]{1,6}\Z"
 )
 _INVALID_SSNS = frozenset({"078051120", "219099999", "123456789"})
 
@@ -619,20 +796,24 @@ _INVALID_SSNS = frozenset({"078051120", "219099999", "123456789"})
 class UsSsnDetector:
     name = "us_ssn"
     entity = "US_SSN"
+    triggers = ("ssn",)
 
     def find(self, text: str) -> Iterator[Finding]:
         views = _views(text)
         shape = views.shape
-        anchors = _literal_hits(shape, _SSN_ANCHORS)
+        anchors = _literal_hits(views.joined, (_SSN_ANCHOR,))
+        # A bare number is looked at only if "ssn", "ss#" or "social" starts at most 31
+        # characters before it (so that nine of its digits lie within 40 characters of the
+        # word), and after the last nine digits of the run before it.
         lowered = views.lower
-        for word in _SSN_WORDS:  # bare numbers count only shortly after one of these
-            position = lowered.find(word)
-            while position != -1:
-                window_end = position + 40
-                hit = shape.find(_SSN_BARE_ANCHOR, position, window_end)
-                if hit != -1:
-                    anchors.append(hit)
-                position = lowered.find(word, position + len(word))
+        previous_end = 0
+        for start, end in views.long_runs if views.may_contain("ssn") else ():
+            # Only a run of exactly nine digits can be a bare SSN.
+            if end - start == 9 and _SSN_WORD.search(
+                lowered, max(start - 31, previous_end - 8, 0), start
+            ):
+                anchors.append(start)
+            previous_end = end
         if len(anchors) > 1:
             anchors.sort()
         for position in anchors:
@@ -652,8 +833,7 @@ class UsSsnDetector:
             ):
                 continue
             if match.group("bare") is not None:
-                window = text[max(0, start - 32) : start].lower()
-                if not _SSN_CONTEXT.search(window):
+                if not _SSN_CONTEXT.search(views.lower[max(0, start - 32) : start]):
                     continue
             yield Finding(start, match.end(), self.entity, self.name)
 
@@ -677,11 +857,13 @@ _HEX_COLON = frozenset("0123456789abcdefABCDEF:")
 class IpAddressDetector:
     name = "ip_address"
     entity = "IP_ADDRESS"
+    triggers = ("ipv4", "ipv6")
 
     def find(self, text: str) -> Iterator[Finding]:
-        if "." in text:
+        views = _views(text)
+        if views.may_contain("ipv4") and "." in text:
             yield from self._find_v4(text)
-        if ":" in text:
+        if views.may_contain("ipv6") and ":" in text:
             yield from self._find_v6(text)
 
     def _find_v4(self, text: str) -> Iterator[Finding]:
@@ -692,13 +874,17 @@ class IpAddressDetector:
             start = dot
             while start > 0 and dot - start < 3 and text[start - 1].isdigit():
                 start -= 1
-            match = _IPV4.match(text, start) if start < dot else None
+            # Glued to a word or inside a dotted run (OIDs, versions): rejected before the
+            # pattern runs. Any address starting inside a rejected one is rejected too, so
+            # going on from the next dot finds what going on from its end would.
+            if start == dot or (start > 0 and text[start - 1] in _IPV4_BEFORE_REJECT):
+                pos = dot + 1
+                continue
+            match = _IPV4.match(text, start)
             if match is None:
                 pos = dot + 1
                 continue
             pos = match.end()
-            if start > 0 and text[start - 1] in _IPV4_BEFORE_REJECT:
-                continue
             first = int(match.group().split(".", 1)[0])
             if first in (0, 127, 255):
                 continue
@@ -757,27 +943,41 @@ class PrefixedTokenDetector:
     """A token recognised by its prefixes (patterns that each start with a literal, so `re`
     finds them quickly; an alternation of different literals would step through the text
     character by character), then a body pattern with a group named body, which is checked
-    for placeholders."""
+    for placeholders.
+
+    A prefix given as (pattern, lead) matches from its `lead`-th character on and checks the
+    characters before with a lookbehind: `re` finds a pattern fastest by a rare first
+    character, such as the `_` of `_live_` rather than the `s` of `sk_live_`."""
 
     def __init__(
         self,
         name: str,
         entity: str,
-        prefixes: tuple[str, ...],
+        prefixes: tuple[str | tuple[str, int], ...],
         body: str,
         *,
+        trigger: str,
         token_chars: frozenset[str] = _WORD,
         strip: str = "",
     ) -> None:
         self.name = name
         self.entity = entity
-        self._prefixes = tuple(re.compile(p) for p in prefixes)
+        self.triggers = (trigger,)  # in _TRIGGERS: occurs wherever a prefix does
+        self._prefixes = tuple(
+            (re.compile(p), 0) if isinstance(p, str) else (re.compile(p[0]), p[1]) for p in prefixes
+        )
         self._body = re.compile(body)
         self._token_chars = token_chars
         self._strip = strip
 
     def find(self, text: str) -> Iterator[Finding]:
-        hits = [hit.span() for prefix in self._prefixes for hit in prefix.finditer(text)]
+        if not _views(text).may_contain(self.triggers[0]):
+            return
+        hits = [
+            (hit.start() - lead, hit.end())
+            for prefix, lead in self._prefixes
+            for hit in prefix.finditer(text)
+        ]
         if not hits:
             return
         if len(self._prefixes) > 1:
@@ -805,8 +1005,8 @@ class PrefixedTokenDetector:
 
 _AWS_SECRET = re.compile(r"(?<![A-Za-z0-9/+])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")
 _AUTH_SCHEME_BEFORE = re.compile(r"(?i)(?:bearer|basic|token)[ \t]{1,4}\Z")
-_AWS_SECRET_CONTEXT = re.compile(r"aws|secret[ _\-]?access[ _\-]?key|secret[ _\-]?key")
-_AWS_KEY_ID = re.compile(r"(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}")
+_AWS_SECRET_CONTEXT = re.compile(rb"aws|secret[ _\-]?access[ _\-]?key|secret[ _\-]?key")
+_AWS_KEY_ID = re.compile(r"A(?:KIA|SIA|BIA|CCA)[A-Z0-9]{16}")
 _HEX = frozenset("0123456789abcdefABCDEF")
 
 
@@ -827,18 +1027,22 @@ def _merged(windows: list[tuple[int, int]], size: int) -> Iterator[tuple[int, in
 class AwsSecretKeyDetector:
     name = "aws_secret_key"
     entity = "AWS_SECRET_KEY"
+    triggers = ("aws", "aws_secret_words", "aws_key_id")
 
     def find(self, text: str) -> Iterator[Finding]:
-        lowered = _views(text).lower
+        views = _views(text)
+        lowered = views.lower
         windows: list[tuple[int, int]] = []
-        for word in ("aws", "secret"):
+        for word, trigger in ((b"aws", "aws"), (b"secret", "aws_secret_words")):
+            if not views.may_contain(trigger):
+                continue
             pos = lowered.find(word)
             while pos != -1:
                 context = _AWS_SECRET_CONTEXT.match(lowered, pos)
                 if context is not None:
                     windows.append((context.end(), context.end() + 100))
                 pos = lowered.find(word, pos + len(word))
-        if any(p in text for p in ("AKIA", "ASIA", "ABIA", "ACCA")):
+        if views.may_contain("aws_key_id"):
             windows += [(m.start() - 300, m.end() + 300) for m in _AWS_KEY_ID.finditer(text)]
         if not windows:
             return
@@ -883,8 +1087,11 @@ def _b64url_json(segment: str) -> object:
 class JwtDetector:
     name = "jwt"
     entity = "JWT"
+    triggers = ("jwt",)
 
     def find(self, text: str) -> Iterator[Finding]:
+        if not _views(text).may_contain("jwt"):
+            return
         pos = text.find("eyJ")
         while pos != -1:
             match = _JWT.match(text, pos)
@@ -915,8 +1122,11 @@ _PEM_MAX = 64 * 1024
 class PrivateKeyDetector:
     name = "private_key"
     entity = "PRIVATE_KEY"
+    triggers = ("pem",)
 
     def find(self, text: str) -> Iterator[Finding]:
+        if not _views(text).may_contain("pem"):
+            return
         pos = text.find("-----BEGIN ")
         while pos != -1:
             begin = _PEM_BEGIN.match(text, pos)
@@ -951,15 +1161,24 @@ def _is_placeholder(value: str) -> bool:
 class BearerTokenDetector:
     name = "bearer_token"
     entity = "BEARER_TOKEN"
+    triggers = ("bearer",)
 
     def find(self, text: str) -> Iterator[Finding]:
-        if "earer" not in text and "EARER" not in text:
+        views = _views(text)
+        if not views.may_contain("bearer"):
             return
-        lowered = _views(text).lower
-        pos = lowered.find("bearer")
+        lowered = views.lower
+        pos = lowered.find(b"bearer")
+        if pos == -1:
+            return
+        # Mixed case such as "BeArEr" counts only where the text also has "earer" or "EARER".
+        if text[pos + 1 : pos + 6] not in ("earer", "EARER") and (
+            "earer" not in text and "EARER" not in text
+        ):
+            return
         while pos != -1:
-            if pos > 0 and lowered[pos - 1] in _ALNUM:
-                pos = lowered.find("bearer", pos + 6)
+            if pos > 0 and lowered[pos - 1] in _ALNUM_BYTES:
+                pos = lowered.find(b"bearer", pos + 6)
                 continue
             match = _BEARER_VALUE.match(text, pos + 6)
             if match is not None:
@@ -974,18 +1193,22 @@ class BearerTokenDetector:
                     and not _is_placeholder(token)
                 ):
                     yield Finding(start, end, self.entity, self.name)
-                pos = lowered.find("bearer", end)
+                pos = lowered.find(b"bearer", end)
             else:
-                pos = lowered.find("bearer", pos + 6)
+                pos = lowered.find(b"bearer", pos + 6)
 
 
 # ---------------------------------------------------------------------------------------
 # key=value secrets
 
-# Literal words that start the search; the whole key is then checked against _SECRET_KEY.
-_SECRET_TRIGGERS = ("pass", "pwd", "secret", "token", "key", "auth", "credential", "session")
-_KEY_CHARS = _WORD | set("-.")
-_KEY_REST = re.compile(r"[a-z0-9_.\-]{0,60}")
+# Literal words that start the search (on the lower-case view), with the rest of the key
+# after them; the whole key is then checked against _SECRET_KEY. Each pattern starts with
+# its literal, which `re` finds fast.
+_SECRET_TRIGGERS = tuple(
+    (word, re.compile(rb"%s[a-z0-9_.\-]{0,60}" % word.encode()))
+    for word in ("pass", "pwd", "secret", "token", "key", "auth", "credential", "session")
+)
+_KEY_CHARS = frozenset(map(ord, _WORD | set("-.")))
 _OPERATOR_AFTER_KEY = re.compile(r"(?:\\?[\"'])?[ \t]{0,3}(?:=|:)|>[^<>\n]{1,512}</")
 _SECRET_KEY = re.compile(
     r"(?:password|passwd|passphrase|pass|pwd|secret|token|apikey|accesskey|secretkey"
@@ -1026,34 +1249,40 @@ _SCHEME_BEFORE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]{0,20}\Z")
 class SecretAssignmentDetector:
     name = "secret_assignment"
     entity = "SECRET"
+    triggers = (*(word for word, _ in _SECRET_TRIGGERS), "url")
 
     def find(self, text: str) -> Iterator[Finding]:
         found: list[tuple[int, int]] = []
+        views = _views(text)
         if "=" in text or ":" in text or "</" in text:
-            lowered = _views(text).lower
+            lowered = views.lower
             key_ends: set[int] = set()
-            for trigger in _SECRET_TRIGGERS:
-                pos = lowered.find(trigger)
-                while pos != -1:
-                    end = _KEY_REST.match(lowered, pos + len(trigger)).end()  # type: ignore[union-attr]
+            for word, trigger in _SECRET_TRIGGERS:
+                if not views.may_contain(word):
+                    continue
+                hit = trigger.search(lowered)
+                while hit is not None:
+                    pos, end = hit.span()
                     if end not in key_ends and _OPERATOR_AFTER_KEY.match(text, end):
                         key_ends.add(end)
                         span = self._value_after_key(text, lowered, pos, end)
                         if span:
                             found.append(span)
-                    pos = lowered.find(trigger, end)
-        if "://" in text:
+                    hit = trigger.search(lowered, end)
+        if views.may_contain("url") and "://" in text:
             found.extend(self._url_passwords(text))
         found.sort()
         for start, end in found:
             yield Finding(start, end, self.entity, self.name)
 
     @staticmethod
-    def _value_after_key(text: str, lowered: str, hit: int, key_end: int) -> tuple[int, int] | None:
+    def _value_after_key(
+        text: str, lowered: bytes, hit: int, key_end: int
+    ) -> tuple[int, int] | None:
         key_start = hit
         while key_start > 0 and lowered[key_start - 1] in _KEY_CHARS and hit - key_start < 64:
             key_start -= 1
-        key = lowered[key_start:key_end].strip(".-")
+        key = lowered[key_start:key_end].decode().strip(".-")
         normalized = key.replace("_", "").replace("-", "").replace(".", "")
         if not _SECRET_KEY.search(normalized) or _NOT_SECRET_KEY.search(normalized):
             return None
@@ -1138,6 +1367,7 @@ BUILTIN_DETECTORS: dict[str, Detector] = {
         "AWS_ACCESS_KEY",
         (r"A(?:KIA|SIA|BIA|CCA)",),
         r"(?P<body>[A-Z0-9]{16})",
+        trigger="aws_key_id",
         token_chars=_ALNUM,
     ),
     "aws_secret_key": AwsSecretKeyDetector(),
@@ -1146,12 +1376,14 @@ BUILTIN_DETECTORS: dict[str, Detector] = {
         "GITHUB_TOKEN",
         (r"g(?:h[pousr]|ithub_pat)_",),
         r"(?P<body>[A-Za-z0-9_]{36,251})",
+        trigger="github",
     ),
     "gitlab_token": PrefixedTokenDetector(
         "gitlab_token",
         "GITLAB_TOKEN",
         (r"gl(?:pat|dt|rt|ptt|ft|imt|cbt|soat|oas|agent|wt|ffct)-", r"GR1348941"),
         r"(?P<body>[A-Za-z0-9_\-]{20,255})(?:\.[0-9a-z]{2}\.[0-9a-z]{7,10})?",
+        trigger="gitlab",
         token_chars=_WORD | {"-"},
     ),
     "slack_token": PrefixedTokenDetector(
@@ -1159,14 +1391,16 @@ BUILTIN_DETECTORS: dict[str, Detector] = {
         "SLACK_TOKEN",
         (r"x(?:ox[abposre]|app)-",),
         r"(?P<body>[0-9]{1,16}-[A-Za-z0-9\-]{8,250})",
+        trigger="slack",
         token_chars=_ALNUM | {"-"},
         strip="-",
     ),
     "stripe_key": PrefixedTokenDetector(
         "stripe_key",
         "STRIPE_KEY",
-        (r"sk_(?:live|test)_", r"rk_(?:live|test)_", r"whsec_"),
+        ((r"_(?:live|test)_(?<=[sr]k_live_|[sr]k_test_)", 2), r"whsec_"),
         r"(?P<body>[A-Za-z0-9]{16,247})",
+        trigger="stripe",
     ),
     "jwt": JwtDetector(),
     "private_key": PrivateKeyDetector(),
@@ -1192,14 +1426,18 @@ def scan(text: str, detectors: Iterable[Detector]) -> list[Finding]:
 
     Text in which no built-in detector could find anything (no digit, `@`, `=`, `:`, token
     prefix...) returns at once when every detector is a built-in. The detectors share derived
-    forms of the text (lower case, shape) through a one-entry memo keyed by the text object,
-    which keeps the last text scanned alive until the next scan.
+    forms of the text and the positions of common anchors through a one-entry memo keyed by
+    the text object (`_views`), which keeps the last text scanned alive until the next scan.
+    When the detectors would search for several of the `_TRIGGERS`, one pass finds which
+    occur first.
     """
     if len(text) < _SHORTEST_FINDING:
         return []
     ordered = detectors if isinstance(detectors, (list, tuple)) else list(detectors)
     if all(type(d) in _BUILTIN_TYPES for d in ordered) and not _SUSPICIOUS.search(text):
         return []
+    if sum(len(getattr(d, "triggers", ())) for d in ordered) >= _SET_WORTH_IT:
+        _views(text).find_triggers()
     found: list[tuple[Finding, int]] = []
     for index, detector in enumerate(ordered):
         for finding in detector.find(text):

@@ -111,6 +111,14 @@ def masker_for(connection_id: int | None, tool: str | None, audience: str) -> Ma
     return masker
 
 
+def cached_masker(connection_id: int | None, tool: str | None, audience: str) -> Masker | None:
+    """masker_for without a query: None when the rules are due to be read again."""
+    loaded = _loaded
+    if loaded is None or time.monotonic() - loaded.loaded_at > RULE_CACHE_SECONDS:
+        return None
+    return _maskers.get((connection_id, tool, audience))
+
+
 def remember_output_schemas(connection_id: int, tools_list_result: Any) -> None:
     if not isinstance(tools_list_result, dict):
         return

@@ -445,6 +445,15 @@ GATEWAY = {
     "STDIO_START_TIMEOUT": env_float("GATEWAY_STDIO_START_TIMEOUT", 30.0, minimum=1.0),
     # Seconds to keep an upstream's detected protocol era before probing again.
     "ERA_CACHE_SECONDS": env_int("GATEWAY_ERA_CACHE_SECONDS", 3600, minimum=0),
+    # Requests open at once from one process to one HTTP upstream (agents' GET streams
+    # not counted); a call that finds none free within UPSTREAM_TIMEOUT gets an error.
+    "UPSTREAM_MAX_CONNECTIONS": env_int("GATEWAY_UPSTREAM_MAX_CONNECTIONS", 200, minimum=1),
+    # Tokens, connections, grants, policy and sessions read to admit a call are kept in
+    # memory (see gateway/admission.py). On Postgres a change drops them at once on every
+    # process; on SQLite they are read again after this many seconds. 0 keeps nothing.
+    "ADMISSION_CACHE_SECONDS": env_float("GATEWAY_ADMISSION_CACHE_SECONDS", 2.0, minimum=0.0),
+    # On Postgres, kept values are read again after this many seconds in any case.
+    "ADMISSION_CACHE_MAX_AGE": env_float("GATEWAY_ADMISSION_CACHE_MAX_AGE", 60.0, minimum=0.0),
 }
 
 # The audit trail.

@@ -12,11 +12,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.core.management import CommandError, call_command
 
 # Async tests set up data with the ordinary (sync) ORM and management commands.
@@ -257,6 +259,17 @@ def masking_defaults(db: None) -> None:
 def alice(transactional_db: None):  # type: ignore[no-untyped-def]
     """alice: an admin."""
     return get_user_model().objects.create_superuser("alice", "alice@example.com", "pw-alice-1")
+
+
+def person(name: str, *groups: str, admin: bool = False) -> Any:
+    """A user (password pw-<name>-1) in the given groups, or a superuser."""
+    users = get_user_model().objects
+    if admin:
+        return users.create_superuser(name, f"{name}@example.com", f"pw-{name}-1")
+    user = users.create_user(name, f"{name}@example.com", f"pw-{name}-1")
+    for group in groups:
+        user.groups.add(Group.objects.get_or_create(name=group)[0])
+    return user
 
 
 def add_connection(slug: str, url: str, *headers: str) -> None:

@@ -13,15 +13,13 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Group
 from django.test import Client
 from django.utils.timezone import now
 
 from audit import chain
 from audit.models import AuditRecord
 from gateway.models import AgentToken, Connection, ToolDefinition
-from tests.conftest import Server, free_port
+from tests.conftest import Server, free_port, person
 from tests.support.clients import mcp_client
 
 SECRET = "sk-canary-7f3a9c1e5b2d"
@@ -30,16 +28,6 @@ SECRET = "sk-canary-7f3a9c1e5b2d"
 @pytest.fixture(autouse=True)
 def fast_passwords(settings: Any) -> None:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-def person(name: str, *groups: str, admin: bool = False) -> Any:
-    users = get_user_model().objects
-    if admin:
-        return users.create_superuser(name, f"{name}@example.com", f"pw-{name}-1")
-    user = users.create_user(name, f"{name}@example.com", f"pw-{name}-1")
-    for group in groups:
-        user.groups.add(Group.objects.get_or_create(name=group)[0])
-    return user
 
 
 def browser(user: Any) -> Client:
@@ -344,9 +332,11 @@ def test_slugs_are_unique_and_unsupported_transports_refused(db: None):
     assert "already exists" in page(again).split('id="id_slug"')[1].split("</div>")[0]
     assert Connection.objects.get(slug="crm").url == "http://127.0.0.1:9/mcp"
 
-    sse = client.post("/connections/new/", new_connection_form(slug="legacy", transport="sse"))
+    sse = client.post(
+        "/connections/new/", new_connection_form(slug="legacy", transport="sse", url="")
+    )
     assert sse.status_code == 400
-    assert "HTTP+SSE (legacy) is not supported yet" in page(sse).split('id="id_transport"')[1]
+    assert "needs the URL of its event stream" in page(sse).split('id="id_url"')[1]
     stdio = client.post("/connections/new/", new_connection_form(slug="local", transport="stdio"))
     assert "needs the command to run" in page(stdio).split('id="id_command"')[1]
     reserved = client.post("/connections/new/", new_connection_form(slug="new"))

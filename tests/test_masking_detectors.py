@@ -62,6 +62,11 @@ POSITIVES = [
         "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
     ),
     (
+        "aws_secret_key",
+        "my secret access key wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY ok",
+        "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+    ),
+    (
         "github_token",
         "GITHUB_TOKEN=ghp_16C7e42F292c6912E7710c838347Ae178B4a",
         "ghp_16C7e42F292c6912E7710c838347Ae178B4a",
@@ -215,14 +220,32 @@ def test_scan_fast_path_returns_nothing_for_plain_text() -> None:
 
 def test_fast_path_never_hides_a_finding() -> None:
     # The same detectors behind a wrapper are not recognised as built-ins, so scan runs them
-    # all; the results must be the same on every labelled sample.
+    # all, and every search in full (without first looking which keywords and prefixes the
+    # text holds); the results must be the same on every labelled sample, whole and line by
+    # line, and on every example above.
     wrapped = [Fixed.__new__(Fixed) for _ in ALL]
     for wrapper, detector in zip(wrapped, ALL, strict=True):
         wrapper.name, wrapper.entity = detector.name, detector.entity
         wrapper.find = detector.find  # type: ignore[method-assign]
+    texts = [text for _, text, _ in POSITIVES] + [text for _, text in NEGATIVES]
     for sample in generate(seed=99, size="tiny"):
-        for piece in sample.text.split("\n"):
-            assert scan(piece, ALL) == scan(piece, wrapped)
+        texts += [sample.text, *sample.text.split("\n")]
+    for text in texts:
+        assert scan(text, ALL) == scan(text, wrapped)
+
+
+def test_findings_after_text_outside_ascii_keep_their_positions() -> None:
+    text = (
+        "Zoë → café ☕ password=hunter2 “card” 4111 1111 1111 1111 — mail ANNA@Example.ORG, "
+        "SSN 536-22-1234, phone +44 20 7946 0958 ✓"
+    )
+    assert found(text) == [
+        ("SECRET", "hunter2"),
+        ("CARD", "4111 1111 1111 1111"),
+        ("EMAIL", "ANNA@Example.ORG"),
+        ("US_SSN", "536-22-1234"),
+        ("PHONE", "+44 20 7946 0958"),
+    ]
 
 
 def test_evaluation_set_is_identical_for_a_seed() -> None:

@@ -2,15 +2,18 @@
 tools return personal data, and the official SDK client (which validates
 structuredContent against the tool's output schema)."""
 
+import json
 import time
 
+import httpx
 import pytest
 
 from audit.models import AuditRecord, Kind
 from masking.models import MaskingRule
 from masking.service import RULE_CACHE_SECONDS
-from tests.conftest import add_connection, issue_token
+from tests.conftest import add_connection, issue_token, start_gateway, stop
 from tests.support.clients import mcp_client
+from tests.test_proxy_sdk import raw_initialize
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("masking_defaults")]
 
@@ -92,3 +95,39 @@ async def test_a_rule_may_let_a_value_through_to_the_agent_but_never_into_the_au
     stored = audit_dump()
     assert "bob@example.org" not in stored
     assert "ada.lovelace@example.com" not in stored
+
+
+async def test_a_process_that_never_saw_the_tool_list_still_keeps_results_schema_valid(
+    pii, tmp_path
+):
+    """The tool list went through one gateway process, the call through another: the
+    second masks structuredContent against the schema the catalog learnt from the first."""
+    url, token = pii
+    async with mcp_client(url, token, "legacy") as client:
+        await client.list_tools()
+    other = start_gateway(tmp_path)
+    try:
+        async with httpx.AsyncClient(timeout=30) as http:
+            other_url = f"{other.url}/mcp/crm"
+            headers = await raw_initialize(http, other_url, token)
+            answer = await http.post(
+                other_url,
+                headers=headers,
+                json={
+                    "jsonrpc": "2.0",
+                    "id": 5,
+                    "method": "tools/call",
+                    "params": {"name": "customer", "arguments": {"customer_id": 1}},
+                },
+            )
+    finally:
+        stop(other.process)
+    data = next(line for line in answer.text.splitlines() if line.startswith("data:"))
+    structured = json.loads(data.removeprefix("data:"))["result"]["structuredContent"]
+    # The schema says integer: a string placeholder would fail the agent's validation.
+    assert structured["account_number"] == 0
+    # Integer or string: the masked value stays readable as masked.
+    assert isinstance(structured["billing_card"], str) and "5105105105105100" not in str(
+        structured["billing_card"]
+    )
+    assert structured["email"] == "[EMAIL]"

@@ -14,8 +14,6 @@ from typing import Any
 
 import pytest
 from django.contrib import admin
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Group
 from django.db import transaction
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
@@ -27,6 +25,7 @@ from gateway.actions import issue_token, save_connection
 from gateway.models import Connection
 from masking.defaults import install_defaults
 from masking.models import MaskingRule
+from tests.conftest import person
 
 pytestmark = pytest.mark.django_db
 
@@ -140,16 +139,6 @@ def endpoints() -> list[tuple[str, str]]:
 @pytest.fixture(autouse=True)
 def fast_passwords(settings: Any) -> None:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-def person(name: str, *groups: str, admin: bool = False) -> Any:
-    users = get_user_model().objects
-    if admin:
-        return users.create_superuser(name, f"{name}@example.com", "pw-unused-1")
-    user = users.create_user(name, f"{name}@example.com", "pw-unused-1")
-    for group in groups:
-        user.groups.add(Group.objects.get_or_create(name=group)[0])
-    return user
 
 
 @pytest.fixture

@@ -1,10 +1,12 @@
-"""The reference server from npm (@modelcontextprotocol/server-everything) behind the gateway."""
+"""The reference server from npm (@modelcontextprotocol/server-everything) behind the
+gateway, on each of its transports: Streamable HTTP, HTTP+SSE and stdio."""
 
 import os
 import subprocess
 from collections.abc import Iterator
 
 import pytest
+from django.core.management import call_command
 
 from tests.conftest import ROOT, Server, add_connection, free_port, issue_token, stop, wait_for_port
 from tests.support.clients import mcp_client
@@ -24,8 +26,7 @@ EVERYTHING = (
 )
 
 
-@pytest.fixture(scope="module")
-def everything() -> Iterator[Server]:
+def start_everything(transport: str, path: str) -> Server:
     port = free_port()
     process = subprocess.Popen(
         [
@@ -33,27 +34,64 @@ def everything() -> Iterator[Server]:
             "--require",
             str(ROOT / "tests" / "support" / "loopback.cjs"),
             str(EVERYTHING),
-            "streamableHttp",
+            transport,
         ],
         env={**os.environ, "PORT": str(port)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     wait_for_port(port, process)
-    yield Server(f"http://127.0.0.1:{port}/mcp", port, process)
-    stop(process)
+    return Server(f"http://127.0.0.1:{port}{path}", port, process)
+
+
+@pytest.fixture(scope="module")
+def everything() -> Iterator[Server]:
+    server = start_everything("streamableHttp", "/mcp")
+    yield server
+    stop(server.process)
+
+
+@pytest.fixture(scope="module")
+def everything_sse() -> Iterator[Server]:
+    server = start_everything("sse", "/sse")
+    yield server
+    stop(server.process)
+
+
+def register(upstream: str, request: pytest.FixtureRequest) -> str:
+    """A connection to the reference server on the given transport; returns its slug."""
+    slug = f"everything-{upstream}"
+    if upstream == "http":
+        add_connection(slug, request.getfixturevalue("everything").url)
+    elif upstream == "sse":
+        url = request.getfixturevalue("everything_sse").url
+        call_command("add_connection", "--slug", slug, "--transport", "sse", "--url", url)
+    else:
+        call_command(
+            "add_connection",
+            "--slug",
+            slug,
+            "--transport",
+            "stdio",
+            "--command",
+            str(NODE),
+            f"--arg={EVERYTHING}",
+            "--arg=stdio",
+        )
+    return slug
 
 
 @pytest.mark.parametrize("mode", ["auto", "legacy", "2026-07-28"])
-async def test_everything_server_through_the_gateway(alice, gateway, everything, mode):
-    add_connection("everything", everything.url)
-    token = issue_token("alice", "--run", f"everything-{mode}")
+@pytest.mark.parametrize("upstream", ["http", "sse", "stdio"])
+async def test_everything_server_through_the_gateway(alice, gateway, request, upstream, mode):
+    slug = register(upstream, request)
+    token = issue_token("alice", "--run", f"everything-{upstream}-{mode}")
     progress: list[float] = []
 
     async def on_progress(value: float, total: float | None, message: str | None) -> None:
         progress.append(value)
 
-    async with mcp_client(f"{gateway.url}/mcp/everything", token, mode) as client:
+    async with mcp_client(f"{gateway.url}/mcp/{slug}", token, mode) as client:
         tools = {tool.name for tool in (await client.list_tools()).tools}
         assert {
             "echo",

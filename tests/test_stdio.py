@@ -146,6 +146,9 @@ async def test_silent_server_times_out(alice, gateway):
         with pytest.raises(MCPError, match="stopped answering"):
             await client.call_tool("work", {})
         assert time.monotonic() - started < 15
+        # The server was told the gateway gave up on the call (and the session goes on).
+        report = await client.call_tool("cancelled", {})
+        assert len(json.loads(report.content[0].text)) == 1
 
 
 async def test_gateway_shutdown_ends_its_server_processes(alice, tmp_path):

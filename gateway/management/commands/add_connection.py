@@ -25,9 +25,13 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--slug", required=True)
         parser.add_argument(
-            "--transport", choices=["streamable_http", "stdio"], default="streamable_http"
+            "--transport", choices=["streamable_http", "sse", "stdio"], default="streamable_http"
         )
-        parser.add_argument("--url", default="", help="the upstream's Streamable HTTP URL")
+        parser.add_argument(
+            "--url",
+            default="",
+            help="the upstream's Streamable HTTP URL (sse: the URL of its event stream, /sse)",
+        )
         parser.add_argument("--command", default="", help="stdio: the command to run")
         parser.add_argument(
             "--arg", action="append", default=[], help="stdio: one argument (repeatable)"
@@ -79,7 +83,7 @@ class Command(BaseCommand):
                 max_processes=max_processes,
             )
         elif not options["url"]:
-            raise CommandError("--url is required for Streamable HTTP connections")
+            raise CommandError("--url is required for Streamable HTTP and HTTP+SSE connections")
         try:
             connection, created = save_connection(
                 slug=str(options["slug"]),

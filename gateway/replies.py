@@ -1,0 +1,102 @@
+"""What every upstream kind (streamable HTTP, HTTP+SSE, stdio) shares: era detection and
+the replies the gateway makes up itself."""
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+
+from . import jsonrpc
+from .jsonrpc import Message
+
+
+@dataclass
+class Accepted:
+    """The upstream took a notification or a response; there is nothing to relay."""
+
+    status: int = 202
+    is_sse: bool = False
+    session_id: str | None = None
+    size: int = 0
+
+    async def read_body(self) -> bytes:
+        return b""
+
+    async def aclose(self) -> None:
+        return None
+
+
+@dataclass
+class Answered:
+    """A reply the gateway gives itself: the answer the upstream gave its era probe."""
+
+    message: Message
+    status: int = 200
+    is_sse: bool = False
+    session_id: str | None = None
+    size: int = 0
+
+    async def read_message(self) -> Message:
+        return self.message
+
+    async def first_response(self) -> Message:
+        return self.message
+
+    async def read_body(self) -> bytes:
+        return jsonrpc.dumps(self.message.payload)
+
+    async def aclose(self) -> None:
+        return None
+
+
+def refused_discover(refusal: dict[str, Any] | None, request_id: Any) -> Answered:
+    """A 2026-07-28 request to a legacy upstream: the answer it gave the era probe."""
+    error = refusal or {"code": jsonrpc.METHOD_NOT_FOUND, "message": "Method not found"}
+    return Answered(Message({"jsonrpc": "2.0", "id": request_id, "error": error}))
+
+
+@dataclass
+class _EraState:
+    modern: tuple[bool, float] | None = None
+    discover_result: dict[str, Any] | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class DetectsEra:
+    """Whether the upstream speaks 2026-07-28: a server/discover probe (the subclass's
+    `_probe_discover`, which returns the result or None), made once, cached for
+    GATEWAY_ERA_CACHE_SECONDS and forgotten after a failure."""
+
+    _era: _EraState | None = None
+
+    def _era_state(self) -> _EraState:
+        if self._era is None:
+            self._era = _EraState()
+        return self._era
+
+    async def _probe_discover(self) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+    def forget_era(self) -> None:
+        self._era_state().modern = None
+
+    async def is_modern(self) -> bool:
+        era = self._era_state()
+        async with era.lock:
+            cached = era.modern
+            if (
+                cached is not None
+                and time.monotonic() - cached[1] < settings.GATEWAY["ERA_CACHE_SECONDS"]
+            ):
+                return cached[0]
+            result = await self._probe_discover()
+            era.discover_result = result
+            era.modern = (result is not None, time.monotonic())
+            return result is not None
+
+    async def discover_result(self) -> dict[str, Any] | None:
+        if await self.is_modern():
+            return self._era_state().discover_result
+        return None

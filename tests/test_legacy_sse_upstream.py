@@ -1,0 +1,272 @@
+"""Upstreams on the legacy HTTP+SSE transport, and era detection of stdio upstreams.
+
+The SSE fixture (tests/fixtures/sse_faulty.py) misbehaves on purpose; the reference
+server over SSE is exercised in test_server_everything.py.
+"""
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+from django.core.management import CommandError, call_command
+from mcp.shared.exceptions import MCPError
+
+from tests.conftest import FIXTURES, Server, free_port, issue_token, stop, wait_for_port
+from tests.support.clients import mcp_client
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+UPSTREAM_SECRET = "Bearer upstream-secret-for-sse"
+
+
+def start_sse_fixture(endpoint: str = "same", *flags: str) -> tuple[Server, int]:
+    port, catcher = free_port(), free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(FIXTURES / "sse_faulty.py"),
+            "--port",
+            str(port),
+            "--catcher-port",
+            str(catcher),
+            "--endpoint",
+            endpoint,
+            *flags,
+        ]
+    )
+    wait_for_port(port, process)
+    wait_for_port(catcher, process)
+    return Server(f"http://127.0.0.1:{port}/sse", port, process), catcher
+
+
+@pytest.fixture
+def sse_upstream() -> Iterator[Server]:
+    server, _catcher = start_sse_fixture()
+    yield server
+    stop(server.process)
+
+
+def sse_connection(slug: str, url: str) -> None:
+    call_command(
+        "add_connection",
+        "--slug",
+        slug,
+        "--transport",
+        "sse",
+        "--url",
+        url,
+        "--header",
+        f"Authorization: {UPSTREAM_SECRET}",
+    )
+
+
+def errors(exc: BaseException) -> list[str]:
+    """The messages of an exception and of everything in it (the client raises groups)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [text for inner in exc.exceptions for text in errors(inner)]
+    return [str(exc)]
+
+
+def streams(server: Server, state: str) -> int:
+    return sum(1 for entry in server.seen() if entry.get("stream") == state)
+
+
+async def wait_until(check, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+def test_add_connection_needs_a_url_for_sse(alice):
+    with pytest.raises(CommandError, match="--url is required"):
+        call_command("add_connection", "--slug", "nourl", "--transport", "sse")
+
+
+@pytest.mark.parametrize("mode", ["legacy", "2026-07-28", "auto"])
+async def test_calls_go_over_the_stream_with_the_connections_credentials(
+    alice, gateway, sse_upstream, mode
+):
+    sse_connection("sse-work", sse_upstream.url)
+    token = issue_token("alice")
+    async with mcp_client(f"{gateway.url}/mcp/sse-work", token, mode) as client:
+        tools = {tool.name for tool in (await client.list_tools()).tools}
+        assert tools == {"work", "drop", "silent"}
+        results = await asyncio.gather(*(client.call_tool("work", {}) for _ in range(5)))
+        assert [r.content[0].text for r in results] == ["worked"] * 5
+    requests = [entry for entry in sse_upstream.seen() if "method" in entry]
+    assert {(r["method"], r["path"]) for r in requests} >= {("GET", "/sse"), ("POST", "/message")}
+    # The upstream's credential goes on the GET and on every POST; the agent's token never.
+    assert {r["authorization"] for r in requests} == {UPSTREAM_SECRET}
+
+
+async def test_session_end_closes_the_upstream_stream(alice, gateway, sse_upstream):
+    sse_connection("sse-end", sse_upstream.url)
+    token = issue_token("alice")
+    async with mcp_client(f"{gateway.url}/mcp/sse-end", token, "legacy") as client:
+        assert (await client.call_tool("work", {})).content[0].text == "worked"
+        assert streams(sse_upstream, "opened") == 1
+        assert streams(sse_upstream, "closed") == 0
+    # The client's DELETE ends the gateway session and the upstream stream with it.
+    assert await wait_until(lambda: streams(sse_upstream, "closed") == 1)
+
+
+async def test_endpoint_on_another_origin_is_refused(alice, gateway):
+    server, catcher = start_sse_fixture("cross-origin")
+    try:
+        sse_connection("sse-hostile", server.url)
+        token = issue_token("alice")
+        for mode in ("legacy", "2026-07-28"):
+            with pytest.raises(BaseException) as raised:
+                async with mcp_client(f"{gateway.url}/mcp/sse-hostile", token, mode) as client:
+                    await client.call_tool("work", {})
+            assert "another origin" in " ".join(errors(raised.value))
+        seen = server.seen()
+        assert any(entry.get("path") == "/sse" for entry in seen)
+        # Nothing, least of all the credentials, was sent to the other origin.
+        assert [entry for entry in seen if entry.get("port") == catcher] == []
+        assert all(entry.get("method") != "POST" for entry in seen)
+    finally:
+        stop(server.process)
+
+
+@pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
+async def test_dropped_stream_gives_a_clear_error_and_the_next_call_a_fresh_session(
+    alice, gateway, sse_upstream, mode
+):
+    sse_connection("sse-drop", sse_upstream.url)
+    token = issue_token("alice")
+    async with mcp_client(f"{gateway.url}/mcp/sse-drop", token, mode) as client:
+        assert (await client.call_tool("work", {})).content[0].text == "worked"
+        opened = streams(sse_upstream, "opened")
+        with pytest.raises(MCPError, match="closed its event stream"):
+            await client.call_tool("drop", {})
+        assert (await client.call_tool("work", {})).content[0].text == "worked"
+        # A fresh stream for the session; for a stateless agent the era is detected
+        # again first (on a stream of its own), as after any failure.
+        fresh = 1 if mode == "legacy" else 2
+        assert streams(sse_upstream, "opened") == opened + fresh
+
+
+async def test_silent_upstream_times_out_with_a_clear_error(alice, gateway, sse_upstream):
+    # The test gateway waits 5 s for an upstream (GATEWAY_UPSTREAM_TIMEOUT).
+    sse_connection("sse-silent", sse_upstream.url)
+    token = issue_token("alice")
+    async with mcp_client(f"{gateway.url}/mcp/sse-silent", token, "legacy") as client:
+        with pytest.raises(MCPError, match="stopped answering"):
+            await client.call_tool("silent", {})
+        # The session survives a slow call.
+        assert (await client.call_tool("work", {})).content[0].text == "worked"
+
+
+async def test_unreachable_sse_upstream_gives_a_clear_error(alice, gateway):
+    sse_connection("sse-gone", f"http://127.0.0.1:{free_port()}/sse")
+    token = issue_token("alice")
+    with pytest.raises(BaseException) as raised:
+        async with mcp_client(f"{gateway.url}/mcp/sse-gone", token, "legacy") as client:
+            await client.list_tools()
+    assert "unreachable" in " ".join(errors(raised.value))
+
+
+# -- era detection --------------------------------------------------------------------
+
+
+async def test_modern_sse_server_is_spoken_to_without_a_session(alice, gateway):
+    server, _catcher = start_sse_fixture("same", "--modern")
+    try:
+        sse_connection("sse-modern", server.url)
+        token = issue_token("alice")
+        async with mcp_client(f"{gateway.url}/mcp/sse-modern", token, "2026-07-28") as client:
+            results = await asyncio.gather(*(client.call_tool("work", {}) for _ in range(3)))
+            assert [r.content[0].text for r in results] == ["worked"] * 3
+        methods = [entry["rpc"] for entry in server.seen() if entry.get("method") == "POST"]
+        assert methods.count("server/discover") == 1
+        assert "initialize" not in methods
+        assert methods.count("tools/call") == 3
+    finally:
+        stop(server.process)
+
+
+async def test_legacy_sse_server_is_detected_once_and_served_in_a_shared_session(
+    alice, gateway, sse_upstream
+):
+    sse_connection("sse-legacy", sse_upstream.url)
+    token = issue_token("alice")
+    url = f"{gateway.url}/mcp/sse-legacy"
+    for _ in range(2):
+        async with mcp_client(url, token, "2026-07-28") as client:
+            assert (await client.call_tool("work", {})).content[0].text == "worked"
+    methods = [entry["rpc"] for entry in sse_upstream.seen() if entry.get("method") == "POST"]
+    # Probed once (cached), then one session the gateway holds for stateless agents.
+    assert methods.count("server/discover") == 1
+    assert methods.count("initialize") == 1
+    assert streams(sse_upstream, "opened") == 2
+
+
+def stdio_connection(slug: str, *args: str) -> None:
+    options = ["--slug", slug, "--transport", "stdio", "--command", sys.executable]
+    call_command("add_connection", *options, *(f"--arg={arg}" for arg in args))
+
+
+@pytest.mark.parametrize("mode", ["2026-07-28", "legacy", "auto"])
+async def test_modern_stdio_server_is_spoken_to_in_its_era(alice, gateway, mode):
+    # The server refuses initialize: every call works only if the gateway detected it.
+    stdio_connection("modern-stdio", str(FIXTURES / "stdio_modern.py"))
+    token = issue_token("alice")
+    async with mcp_client(f"{gateway.url}/mcp/modern-stdio", token, mode) as client:
+        assert {t.name for t in (await client.list_tools()).tools} == {"era", "count"}
+        era = await client.call_tool("era", {})
+        assert era.content[0].text == "2026-07-28"
+
+
+async def test_stateless_agents_sharing_a_modern_stdio_process_get_their_own_progress(
+    alice, gateway
+):
+    stdio_connection("modern-count", str(FIXTURES / "stdio_modern.py"))
+    token = issue_token("alice")
+    url = f"{gateway.url}/mcp/modern-count"
+    progress: dict[str, list[float]] = {"first": [], "second": []}
+
+    async def run(name: str) -> str:
+        async def on_progress(value: float, total: float | None, message: str | None) -> None:
+            progress[name].append(value)
+
+        async with mcp_client(url, token, "2026-07-28") as client:
+            result = await client.call_tool("count", {"delay": 0.2}, progress_callback=on_progress)
+            return result.content[0].text
+
+    # Both clients number their requests alike: the gateway keeps them apart.
+    texts = await asyncio.gather(run("first"), run("second"))
+    assert all(text.startswith("counted with token") for text in texts)
+    assert progress == {"first": [1, 2, 3], "second": [1, 2, 3]}
+
+
+async def test_legacy_stdio_server_stays_legacy_for_modern_agents(alice, gateway):
+    # Its mode name is its own: other tests count the processes of theirs.
+    stdio_connection("legacy-stdio", str(FIXTURES / "stdio_faulty.py"), "stateless")
+    token = issue_token("alice")
+    async with mcp_client(f"{gateway.url}/mcp/legacy-stdio", token, "2026-07-28") as client:
+        assert (await client.call_tool("work", {})).content[0].text == "worked"
+
+
+def test_sse_connection_through_the_console_api(alice, client):
+    client.force_login(alice)
+    response = client.post(
+        "/api/connections/",
+        {"slug": "api-sse", "transport": "sse", "url": "http://127.0.0.1:9/sse"},
+        content_type="application/json",
+    )
+    assert response.status_code == 201, response.content
+    assert response.json()["transport"] == "sse"
+    missing = client.post(
+        "/api/connections/",
+        {"slug": "api-sse-2", "transport": "sse"},
+        content_type="application/json",
+    )
+    assert missing.status_code == 400
+    assert "url" in missing.json()
