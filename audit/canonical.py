@@ -1,6 +1,7 @@
 """Canonical bytes and hashes of audit records (RFC 8785, JSON Canonicalization Scheme)."""
 
 import hashlib
+import json
 from typing import Any
 
 import rfc8785
@@ -42,8 +43,73 @@ def _text(value: str) -> str:
     return value
 
 
+# Below this code point, sorting by code point (Python's order) and by UTF-16 code unit
+# (RFC 8785's order) agree.
+_SAME_ORDER_BELOW = "\ue000"
+_encode_plain = json.JSONEncoder(
+    ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False
+).encode
+
+
 def canonical(value: Any) -> bytes:
-    return rfc8785.dumps(value)
+    """RFC 8785 bytes of a JSON value.
+
+    Parts without floats (floats need ECMAScript number formatting) whose keys sort alike
+    by code point and by UTF-16 code unit go through the C JSON encoder, which gives the
+    same bytes as RFC 8785 at a fraction of the cost: both escape only `"`, `\\` and
+    control characters (`\\b \\t \\n \\f \\r` short, the rest as lowercase
+    `\\u00xx`) and write everything else as UTF-8. Objects and arrays around other parts
+    are joined here, floats formatted by the reference implementation; anything RFC 8785
+    refuses (lone surrogates, integers beyond 2^53, non-finite floats) goes to the
+    reference implementation whole, for its error.
+    """
+    try:
+        return _canonical(value)
+    except (_Refused, UnicodeEncodeError):
+        return rfc8785.dumps(value)
+
+
+class _Refused(Exception):
+    pass
+
+
+def _canonical(value: Any) -> bytes:
+    if _plain(value):
+        return _encode_plain(value).encode("utf-8")
+    if isinstance(value, dict):
+        if any(type(key) is not str for key in value):
+            raise _Refused
+        members = [
+            _encode_plain(key).encode("utf-8") + b":" + _canonical(value[key])
+            for key in sorted(value, key=_utf16)
+        ]
+        return b"{" + b",".join(members) + b"}"
+    if isinstance(value, list):
+        return b"[" + b",".join(_canonical(item) for item in value) + b"]"
+    if type(value) is float:
+        return rfc8785.dumps(value)
+    raise _Refused
+
+
+def _utf16(key: str) -> bytes:
+    return key.encode("utf-16-be")
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, str) or value is None or value is True or value is False:
+        return True
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if type(key) is not str or (key and max(key) >= _SAME_ORDER_BELOW):
+                return False
+            if not _plain(item):
+                return False
+        return True
+    if isinstance(value, list):
+        return all(_plain(item) for item in value)
+    if type(value) is int:
+        return -SAFE_INTEGER <= value <= SAFE_INTEGER
+    return False
 
 
 def chain_hash(prev_hash: str, body: dict[str, Any]) -> str:

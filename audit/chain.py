@@ -21,8 +21,7 @@ def _head_for_update() -> tuple[int, str]:
     database = connections[AuditHead.objects.db]
     if database.vendor == "postgresql":
         with database.cursor() as cursor:
-            table = database.ops.quote_name(AuditHead._meta.db_table)
-            cursor.execute(f"SELECT seq, hash FROM {table} WHERE id = 1 FOR UPDATE")  # noqa: S608
+            cursor.execute(head_statement())
             found = cursor.fetchone()
         if found is not None:
             return found[0], found[1]
@@ -44,35 +43,62 @@ def append(**fields: Any) -> AuditRecord:
 
 
 def append_many(rows: list[dict[str, Any]]) -> list[AuditRecord]:
+    if not rows:
+        return []
     with transaction.atomic():
         head_seq, head_hash = _head_for_update()
-        records = []
-        seq, prev_hash = head_seq, head_hash
-        stamp = now()
-        for fields in rows:
-            seq += 1
-            for name in JSON_FIELDS:
-                if fields.get(name) is not None:
-                    fields[name] = storable(fields[name])
-            record = AuditRecord(seq=seq, created_at=stamp, prev_hash=prev_hash, **fields)
-            record.hash = record.compute_hash()
-            prev_hash = record.hash
-            records.append(record)
-        _insert_and_move_head(records, seq, prev_hash)
-        every = settings.AUDIT["CHECKPOINT_EVERY"]
-        if every and seq // every > head_seq // every:
-            transaction.on_commit(lambda: checkpoints.write(seq, prev_hash))
+        records = build(rows, head_seq, head_hash)
+        _insert_and_move_head(records)
+        if crosses_checkpoint(head_seq, records):
+            seq, head = records[-1].seq, records[-1].hash
+            transaction.on_commit(lambda: checkpoints.write(seq, head))
     return records
 
 
-def _insert_and_move_head(records: list[AuditRecord], seq: int, head_hash: str) -> None:
-    """The records and the new chain head, in one statement on Postgres (one round trip,
-    none of the ORM's per-row compiling on the data path's hottest write)."""
+def build(rows: list[dict[str, Any]], head_seq: int, head_hash: str) -> list[AuditRecord]:
+    """The records that follow the head, each hashed over its predecessor."""
+    records = []
+    seq, prev_hash = head_seq, head_hash
+    stamp = now()
+    for fields in rows:
+        seq += 1
+        for name in JSON_FIELDS:
+            if fields.get(name) is not None:
+                fields[name] = storable(fields[name])
+        record = AuditRecord(seq=seq, created_at=stamp, prev_hash=prev_hash, **fields)
+        record.hash = record.compute_hash()
+        prev_hash = record.hash
+        records.append(record)
+    return records
+
+
+def crosses_checkpoint(head_seq: int, records: list[AuditRecord]) -> bool:
+    every = settings.AUDIT["CHECKPOINT_EVERY"]
+    return bool(every) and records[-1].seq // every > head_seq // every
+
+
+def _insert_and_move_head(records: list[AuditRecord]) -> None:
     database = connections[AuditRecord.objects.db]
     if database.vendor != "postgresql":
         AuditRecord.objects.bulk_create(records)
-        AuditHead.objects.filter(pk=1).update(seq=seq, hash=head_hash)
+        AuditHead.objects.filter(pk=1).update(seq=records[-1].seq, hash=records[-1].hash)
         return
+    statement, params = insert_statement(records)
+    with database.cursor() as cursor:
+        cursor.execute(statement, params)
+
+
+def head_statement() -> str:
+    """Postgres: the chain head's sequence number and hash, locked until the transaction
+    ends."""
+    table = connections[AuditHead.objects.db].ops.quote_name(AuditHead._meta.db_table)
+    return f"SELECT seq, hash FROM {table} WHERE id = 1 FOR UPDATE"  # noqa: S608
+
+
+def insert_statement(records: list[AuditRecord]) -> tuple[str, list[Any]]:
+    """Postgres: the records and the new chain head in one statement (one round trip, none
+    of the ORM's per-row compiling on the data path's hottest write)."""
+    database = connections[AuditRecord.objects.db]
     fields = AuditRecord._meta.concrete_fields
     quote = database.ops.quote_name
     columns = ", ".join(quote(f.column) for f in fields)
@@ -82,7 +108,7 @@ def _insert_and_move_head(records: list[AuditRecord], seq: int, head_hash: str) 
         for record in records
         for f in fields
     ]
-    params += [seq, head_hash]
+    params += [records[-1].seq, records[-1].hash]
     # Only table and column names from the model and placeholders go into the text;
     # every value is a parameter.
     table, head = quote(AuditRecord._meta.db_table), quote(AuditHead._meta.db_table)
@@ -91,8 +117,7 @@ def _insert_and_move_head(records: list[AuditRecord], seq: int, head_hash: str) 
         f"WITH inserted AS (INSERT INTO {table} ({columns}) VALUES {values} RETURNING 1) "  # noqa: S608
         f"UPDATE {head} SET seq = %s, hash = %s WHERE id = 1"
     )
-    with database.cursor() as cursor:
-        cursor.execute(statement, params)
+    return statement, params
 
 
 def new_call_id() -> uuid.UUID:

@@ -30,6 +30,8 @@ from typing import Any
 from django.conf import settings
 from django.db import connections
 
+from mcpgw import pg
+
 log = logging.getLogger(__name__)
 
 CHANNEL = "mcpgw_cache"
@@ -134,7 +136,7 @@ class _Listener:
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
-                    _conninfo(), autocommit=True
+                    pg.conninfo("mcpgw-cache-listener"), autocommit=True
                 ) as connection:
                     await connection.execute(f"LISTEN {CHANNEL}")
                     # Whatever changed while nobody listened is unknown: start empty.
@@ -151,21 +153,6 @@ class _Listener:
                 self.listening = False
                 forget_all()
             await asyncio.sleep(RETRY_SECONDS)
-
-
-def _conninfo() -> str:
-    from psycopg.conninfo import make_conninfo
-
-    database = settings.DATABASES["default"]
-    params = {
-        "dbname": database.get("NAME"),
-        "user": database.get("USER"),
-        "password": database.get("PASSWORD"),
-        "host": database.get("HOST"),
-        "port": database.get("PORT"),
-        "application_name": "mcpgw-cache-listener",
-    }
-    return make_conninfo(**{k: str(v) for k, v in params.items() if v})
 
 
 _listeners: dict[asyncio.AbstractEventLoop, _Listener] = {}

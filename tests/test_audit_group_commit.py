@@ -24,16 +24,16 @@ def request_fields(n: int, **overrides: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def transactions(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The size of every transaction the writer commits (the real append_many runs)."""
+    """The size of every transaction the writer commits (the real writes run)."""
     sizes: list[int] = []
-    real = chain.append_many
+    real = writer.GroupWriter._append_many
 
-    def counted(rows: list[dict[str, Any]]) -> list[AuditRecord]:
-        records = real(rows)
+    async def counted(self: writer.GroupWriter, rows: list[dict[str, Any]]) -> list[AuditRecord]:
+        records = await real(self, rows)
         sizes.append(len(rows))
         return records
 
-    monkeypatch.setattr(writer, "_append_many", writer.sync_to_async(counted))
+    monkeypatch.setattr(writer.GroupWriter, "_append_many", counted)
     return sizes
 
 
@@ -79,3 +79,33 @@ async def test_a_caller_that_stops_waiting_still_gets_its_record_written(transac
         lambda: list(AuditRecord.objects.order_by("seq").values_list("target", flat=True))
     )
     assert targets == ["tool-1", "tool-2"]
+
+
+async def test_a_writer_whose_idle_connection_died_writes_on_a_new_one(transactions):
+    """A database restart or an idle timeout kills the writer's kept connection; the next
+    records are written on a new connection rather than failing their calls."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the writer keeps a connection of its own on Postgres only")
+    import psycopg
+
+    from mcpgw import pg
+
+    await writer.append(**request_fields(1))
+    kept = writer.writer()._postgres._connection
+    async with await psycopg.AsyncConnection.connect(
+        pg.conninfo("test-admin"), autocommit=True
+    ) as admin:
+        cursor = await admin.execute("SELECT pg_terminate_backend(%s)", [kept.info.backend_pid])
+        assert (await cursor.fetchall()) == [(True,)]
+
+    await writer.append(**request_fields(2))
+    await writer.append(**request_fields(3))
+    assert writer.writer()._postgres._connection is not kept
+    targets = await asyncio.to_thread(
+        lambda: list(AuditRecord.objects.order_by("seq").values_list("target", flat=True))
+    )
+    assert targets == ["tool-1", "tool-2", "tool-3"]
+    result = await asyncio.to_thread(chain.verify)
+    assert result.ok, result.error
