@@ -3,6 +3,7 @@
 Run in production with: daphne -b 0.0.0.0 -p 8000 mcpgw.asgi:application
 """
 
+import gc
 import os
 import re
 
@@ -22,6 +23,12 @@ from gateway.endpoint import mcp_app  # noqa: E402
 from mcpgw import periodic  # noqa: E402
 
 periodic.start()
+
+# What is loaded by now (Django, the apps, the libraries) lives as long as the process.
+# Frozen, it is left out of the collector's full collections, which otherwise walk all of
+# it with the event loop stopped: up to 70 ms at a time under the benchmark, 8 ms frozen.
+gc.collect()
+gc.freeze()
 
 console_app = ASGIStaticFilesHandler(django_asgi_app)
 
