@@ -12,7 +12,12 @@ time per call site:
 - SQL statements (by their first words), commits and new database connections;
 - `json.dumps`/`json.loads` and RFC 8785 canonicalization, by caller, with bytes;
 - masking (`Masker.mask_text`/`mask_json`, `masking.service.mask_payload`), by caller;
-- upstream requests (`httpx.AsyncClient.send`) and new upstream TCP connections.
+- upstream requests (`httpx.AsyncClient.send`) and new upstream TCP connections;
+- the garbage collector's collections by generation (time per call, and the longest,
+  during which the event loop stood still).
+
+BENCH_GC_FREEZE=0 (`gateway_bench --no-gc-freeze`) keeps the application from freezing
+what it loaded at start (`mcpgw/asgi.py`), to compare collection pauses with and without.
 
 SIGUSR2 resets the counters; SIGUSR1 writes them as JSON to $BENCH_COUNTS_FILE. The
 wrappers cost time themselves: never compare timings taken with this launcher with the
@@ -206,6 +211,30 @@ def install_django() -> None:
     _timed(service, "mask_payload", lambda *a, **k: f"mask_payload by {_caller(3)}")
 
 
+_gc_started = [0.0]
+
+
+def _gc_callback(phase: str, info: dict[str, Any]) -> None:
+    if phase == "start":
+        _gc_started[0] = time.perf_counter()
+        return
+    seconds = time.perf_counter() - _gc_started[0]
+    generation = info["generation"]
+    _add(f"gc collections, generation {generation}", seconds)
+    with _lock:
+        longest = _counts[f"gc longest pause, generation {generation}"]
+        longest[0] = 1
+        longest[1] = max(longest[1], seconds)
+
+
+def install_gc() -> None:
+    import gc
+
+    gc.callbacks.append(_gc_callback)
+    if os.environ.get("BENCH_GC_FREEZE") == "0":
+        gc.freeze = lambda: None
+
+
 def _dump(*_: Any) -> None:
     path = os.environ.get("BENCH_COUNTS_FILE")
     if not path:
@@ -226,6 +255,7 @@ def _reset(*_: Any) -> None:
 def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mcpgw.settings")
     install()
+    install_gc()
     import django
 
     django.setup()

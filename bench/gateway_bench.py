@@ -460,6 +460,8 @@ class Site:
             if self.options.count_calls:
                 counts_file = self.data_dir / f"counts-{port}.json"
                 env["BENCH_COUNTS_FILE"] = str(counts_file)
+                if self.options.no_gc_freeze:
+                    env["BENCH_GC_FREEZE"] = "0"
                 command = [sys.executable, "-m", "bench.counting_gateway"]
             else:
                 command = [sys.executable, "-m", "daphne"]
@@ -976,15 +978,22 @@ class Bench:
                 if not calls:
                     continue
                 print(f"\n{cell.config} {cell.era} {cell.clients} clients ({calls:,} calls)")
+                longest = {
+                    name: values for name, values in counts.items() if name.startswith("gc longest")
+                }
                 for name, (count, seconds, size) in sorted(
                     counts.items(), key=lambda item: -item[1][1]
                 ):
+                    if name in longest:
+                        continue
                     if count / calls < 0.01:
                         continue
                     print(
                         f"  {count / calls:6.2f} x {seconds / calls * 1e6:9.0f} µs "
                         f"{size / calls:9.0f} B  {name}"
                     )
+                for name, (_, seconds, _) in sorted(longest.items()):
+                    print(f"  {name}: {seconds * 1e3:.1f} ms")
 
 
 # -- main -------------------------------------------------------------------------
@@ -1054,6 +1063,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", metavar="DIR", help="py-spy every gateway run into DIR")
     parser.add_argument("--count-calls", metavar="DIR", help="count per-call work into DIR")
     parser.add_argument(
+        "--no-gc-freeze",
+        action="store_true",
+        help="with --count-calls: the gateway does not freeze what it loaded at start",
+    )
+    parser.add_argument(
         "--server",
         choices=("daphne", "uvicorn"),
         default="daphne",
@@ -1102,6 +1116,8 @@ def main(argv: list[str] | None = None) -> None:
         generator = options.generator
         if generator == "wrk" and not loadgen.wrk_path():
             sys.exit("wrk is not installed (apt-get install wrk)")
+    if options.no_gc_freeze and not options.count_calls:
+        sys.exit("--no-gc-freeze needs --count-calls (it runs under bench.counting_gateway)")
     if options.server != "daphne" and options.count_calls:
         sys.exit("--count-calls runs the gateway under daphne only")
     if options.workers != 1 and options.server == "daphne":
