@@ -120,8 +120,12 @@ class Masker:
 
     def replacement(self, rule: Rule, value: str) -> str:
         if rule.style == "partial":
-            tail = [c for c in value if c.isalnum()][-4:]
-            return "****" + "".join(tail) if len(value) >= 8 else "****"
+            if len(value) < 8:
+                return "****"
+            last = value[-4:]
+            # The last four letters or digits; most values end in four of them.
+            tail = last if last.isalnum() else "".join(c for c in value if c.isalnum())[-4:]
+            return "****" + tail
         if rule.style == "hash":
             digest = hmac.new(
                 self.hash_key, f"{rule.entity}\x00{value}".encode(), hashlib.sha256

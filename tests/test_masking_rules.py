@@ -161,3 +161,21 @@ def test_console_form_shows_errors_next_to_fields(admin_client):
     )
     assert response.status_code == 200
     assert "Not a valid RE2 regular expression" in response.content.decode()
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("4111 1111 1111 1111", "****1111"),
+        ("GB82 WEST 1234 5698 7654 32", "****5432"),
+        ("ghp_abcdefghijklmnop-x!", "****nopx"),  # the last four letters or digits
+        ("user.name@example.com", "****ecom"),
+        ("1234567", "****"),  # too short to show anything
+        ("--------", "****"),
+    ],
+)
+def test_partial_style_shows_the_last_four_letters_or_digits(value, shown):
+    from masking.engine import Masker, Rule
+
+    rule = Rule(id=1, name="partial", entity="X", style="partial", mask_for_agent=True)
+    assert Masker([rule], b"key").replacement(rule, value) == shown
