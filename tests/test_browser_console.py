@@ -305,3 +305,24 @@ async def test_audit_browser_filters_and_exports_the_calls_as_csv(
     assert [int(r["seq"]) for r in outcomes] == [c.seq for c in calls]
     assert all(r["username"] == "alice" and r["connection"] == "demo" for r in outcomes)
     assert {r["hash"] for r in outcomes} == {c.hash for c in calls}
+
+
+async def test_api_docs_render_under_the_content_security_policy(
+    gateway: Server, alice: object, browser: Browser
+) -> None:
+    page = await log_in_with_password(browser, gateway)
+    refused: list[str] = []
+    page.on(
+        "console",
+        lambda message: refused.append(message.text)
+        if "Content Security Policy" in message.text
+        else None,
+    )
+    await page.goto(f"{gateway.url}/api/docs/")
+    await expect(page.get_by_role("heading", name=re.compile("MCP Gateway API"))).to_be_visible()
+    await expect(page.locator(".opblock-tag-section").first).to_be_visible()
+    # Our stylesheet stands in for the template's inline style block.
+    margin = await page.evaluate("getComputedStyle(document.body).margin")
+    assert margin == "0px"
+    await screenshot(page, "api-docs")
+    assert refused == []

@@ -357,6 +357,10 @@ def test_openapi_schema_and_docs(alice: Any):
     assert docs.status_code == 200
     page = docs.content.decode()
     assert "/static/drf_spectacular_sidecar/" in page and "cdn." not in page
+    # Nothing inline that the Content Security Policy (no inline scripts or styles) refuses.
+    assert "<style" not in page and "<script>" not in page
+    assert "/static/css/swagger.css" in page
+    assert "'unsafe-inline'" not in docs["Content-Security-Policy"]
     script = api.client.get("/api/docs/?script=")
     assert script.status_code == 200 and "/api/schema/" in script.content.decode()
 
