@@ -314,9 +314,9 @@ async def test_api_docs_render_under_the_content_security_policy(
     refused: list[str] = []
     page.on(
         "console",
-        lambda message: refused.append(message.text)
-        if "Content Security Policy" in message.text
-        else None,
+        lambda message: (
+            refused.append(message.text) if "Content Security Policy" in message.text else None
+        ),
     )
     await page.goto(f"{gateway.url}/api/docs/")
     await expect(page.get_by_role("heading", name=re.compile("MCP Gateway API"))).to_be_visible()
