@@ -696,16 +696,20 @@ def _client_config(request: HttpRequest, token: AgentToken, secret: str) -> dict
 
 PYTHON_SNIPPET = """import asyncio
 
+import httpx2  # the HTTP client of the MCP Python SDK (pip install mcp)
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
 
 URL = "{url}"
 TOKEN = "{token}"
 
 
 async def main() -> None:
-    http = create_mcp_http_client(headers={{"Authorization": f"Bearer {{TOKEN}}"}})
+    http = httpx2.AsyncClient(
+        headers={{"Authorization": f"Bearer {{TOKEN}}"}},
+        # Answers may stream for a while (held calls wait for a human).
+        timeout=httpx2.Timeout(30, read=300),
+    )
     async with http, Client(streamable_http_client(URL, http_client=http)) as client:
         tools = await client.list_tools()
         print([tool.name for tool in tools.tools])

@@ -491,6 +491,8 @@ def test_the_python_snippet_runs_against_the_gateway(
     )
     assert done.returncode == 0, done.stderr
     assert "'add'" in done.stdout and "'delete_record'" in done.stdout
+    # Users copy this: only public names of the SDK and its HTTP client.
+    assert "._" not in snippet and "import _" not in snippet
 
 
 def test_token_form_validates_next_to_the_fields(db: None):
