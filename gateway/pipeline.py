@@ -21,6 +21,7 @@ from approvals import policy
 from approvals.models import digest_arguments
 from approvals.waiting import wait_for_decision
 from audit import recorder
+from audit.models import Outcome
 from masking import service as masking
 from masking.engine import Masker, Report
 
@@ -33,16 +34,6 @@ class Decision(enum.Enum):
     ALLOW = "allow"
     DENY = "deny"
     HOLD = "hold"
-
-
-class Outcome(enum.StrEnum):
-    OK = "ok"
-    ERROR = "error"
-    DENIED = "denied"
-    EXPIRED = "expired"
-    TIMEOUT = "timeout"
-    UPSTREAM_ERROR = "upstream_error"
-    CLIENT_DISCONNECTED = "client_disconnected"
 
 
 @dataclass(frozen=True, slots=True)
