@@ -35,6 +35,8 @@ from mcpgw import pg
 log = logging.getLogger(__name__)
 
 CHANNEL = "mcpgw_cache"
+# Masking rules are kept by masking/service.py; their changes come on the same channel.
+MASKING_RULES = "masking_maskingrule"
 RETRY_SECONDS = 1.0
 # Entries kept per kind before the oldest half is dropped.
 MAX_ENTRIES = 50_000
@@ -104,6 +106,11 @@ def changed(payload: str) -> None:
     global _generation
     _generation += 1
     table, _, key = payload.partition(":")
+    if table == MASKING_RULES:
+        from masking import service
+
+        service.invalidate()
+        return
     for kept in ALL:
         if table in kept.tables:
             if key and kept is SESSIONS:
@@ -115,6 +122,9 @@ def changed(payload: str) -> None:
 def forget_all() -> None:
     global _generation
     _generation += 1
+    from masking import service
+
+    service.invalidate()
     for kept in ALL:
         kept.clear()
 

@@ -1,15 +1,17 @@
 """Masking for the data path and the audit trail.
 
-Rules are read from the database at most every RULE_CACHE_SECONDS per process, so an edit
-takes effect on every gateway process within that time (at once on the process that
-saved it).
+Rules are read from the database at most every RULE_CACHE_SECONDS per process. On
+Postgres an edit takes effect on every gateway process at once: the rules table notifies
+the change channel that gateway/admission.py listens on, which drops the rules read. On
+SQLite it takes effect at once on the process that saved it and within RULE_CACHE_SECONDS
+on the others.
 """
 
 import hashlib
 import hmac
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
@@ -35,11 +37,13 @@ AUDIT = "audit"
 class _Loaded:
     rules: list[tuple[MaskingRule, Rule]]
     loaded_at: float
+    # The maskers built from these rules: a masker built from rules read earlier can never
+    # be kept with rules read later.
+    maskers: dict[tuple[int | None, str | None, str], Masker] = field(default_factory=dict)
 
 
 _lock = threading.Lock()
 _loaded: _Loaded | None = None
-_maskers: dict[tuple[int | None, str | None, str], Masker] = {}
 # The tools' output schemas, learnt from tools/list results passing through.
 _output_schemas: dict[tuple[int, str], Any] = {}
 
@@ -82,7 +86,6 @@ def _load() -> _Loaded:
         if _loaded is None or time.monotonic() - _loaded.loaded_at > RULE_CACHE_SECONDS:
             rules = list(MaskingRule.objects.enabled().in_evaluation_order())
             _loaded = _Loaded([(r, compile_rule(r)) for r in rules], time.monotonic())
-            _maskers.clear()
         return _loaded
 
 
@@ -90,14 +93,13 @@ def invalidate() -> None:
     global _loaded
     with _lock:
         _loaded = None
-        _maskers.clear()
 
 
 def masker_for(connection_id: int | None, tool: str | None, audience: str) -> Masker:
     """The masker for one connection and tool. Runs a query at most every few seconds."""
     loaded = _load()
     key = (connection_id, tool, audience)
-    masker = _maskers.get(key)
+    masker = loaded.maskers.get(key)
     if masker is None:
         rules = [
             compiled
@@ -105,9 +107,7 @@ def masker_for(connection_id: int | None, tool: str | None, audience: str) -> Ma
             if model.applies_to(connection_id, tool)
             and (audience == AUDIT or compiled.mask_for_agent)
         ]
-        masker = Masker(rules, hash_key())
-        with _lock:
-            _maskers[key] = masker
+        masker = loaded.maskers.setdefault(key, Masker(rules, hash_key()))
     return masker
 
 
@@ -116,7 +116,7 @@ def cached_masker(connection_id: int | None, tool: str | None, audience: str) ->
     loaded = _loaded
     if loaded is None or time.monotonic() - loaded.loaded_at > RULE_CACHE_SECONDS:
         return None
-    return _maskers.get((connection_id, tool, audience))
+    return loaded.maskers.get((connection_id, tool, audience))
 
 
 def remember_output_schemas(connection_id: int, tools_list_result: Any) -> None:

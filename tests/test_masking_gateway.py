@@ -2,6 +2,7 @@
 tools return personal data, and the official SDK client (which validates
 structuredContent against the tool's output schema)."""
 
+import asyncio
 import json
 import time
 
@@ -95,6 +96,25 @@ async def test_a_rule_may_let_a_value_through_to_the_agent_but_never_into_the_au
     stored = audit_dump()
     assert "bob@example.org" not in stored
     assert "ada.lovelace@example.com" not in stored
+
+
+async def test_a_rule_change_applies_at_once_in_every_gateway_process(pii):
+    """On Postgres the rules table notifies the gateway processes, which drop the rules
+    they read: no waiting for RULE_CACHE_SECONDS."""
+    url, token = pii
+    async with mcp_client(url, token, "2026-07-28") as client:
+        # Long enough for the process to read the rules afresh at the next call.
+        time.sleep(RULE_CACHE_SECONDS + 0.2)
+        before = await client.call_tool("customer", {"customer_id": 1})
+        # Rules just read: the process would keep them for RULE_CACHE_SECONDS.
+        await asyncio.to_thread(
+            lambda: MaskingRule.objects.filter(name="Email addresses").update(enabled=False)
+        )
+        await asyncio.sleep(0.3)
+        after = await client.call_tool("customer", {"customer_id": 1})
+    assert before.structured_content["email"] == "[EMAIL]"
+    assert after.structured_content["email"] == "ada.lovelace@example.com"
+    assert after.structured_content["card"] == "****1111"
 
 
 async def test_a_process_that_never_saw_the_tool_list_still_keeps_results_schema_valid(
