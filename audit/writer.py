@@ -22,6 +22,7 @@ import asyncio
 import logging
 from typing import Any
 
+import psycopg
 from asgiref.sync import sync_to_async
 from django.db import connections
 
@@ -46,8 +47,6 @@ class PostgresChain:
         self._connection: Any = None
 
     async def _connect(self) -> Any:
-        import psycopg
-
         if self._connection is None or self._connection.closed or self._connection.broken:
             self._connection = await psycopg.AsyncConnection.connect(
                 pg.conninfo("mcpgw-audit-writer")
@@ -66,8 +65,6 @@ class PostgresChain:
             return await self._append_many(rows)
 
     async def _append_many(self, rows: list[dict[str, Any]]) -> list[AuditRecord]:
-        import psycopg
-
         connection = await self._connect()
         written = False
         try:

@@ -36,8 +36,15 @@ from django.conf import settings
 
 from . import jsonrpc, protocol, sse
 from .jsonrpc import Message
-from .replies import Accepted, Answered, DetectsEra, refused_discover
-from .upstream import USER_AGENT, InitializeRefused, LegacySession, SessionExpired, UpstreamFailure
+from .replies import Accepted, Answered, DetectsEra, ListenerReply, refused_discover
+from .upstream import (
+    USER_AGENT,
+    InitializeRefused,
+    LegacySession,
+    SessionExpired,
+    UpstreamFailure,
+    describe,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +74,6 @@ def message_url(stream_url: str, announced: str) -> str | None:
     if parts.username is not None or parts.password is not None:
         return None
     return resolved
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text.splitlines()[0][:200]
 
 
 def _with_progress_token(payload: dict[str, Any], token: str) -> tuple[dict[str, Any], Any]:
@@ -152,7 +154,7 @@ class SseStream:
         except httpx.HTTPError as exc:
             raise UpstreamFailure(
                 jsonrpc.UPSTREAM_UNAVAILABLE,
-                f"upstream {self.name} is unreachable: {_describe(exc)}",
+                f"upstream {self.name} is unreachable: {describe(exc)}",
             ) from None
         content_type = response.headers.get("content-type", "")
         if response.status_code != 200:
@@ -196,7 +198,7 @@ class SseStream:
                         continue
                     self._route(message)
         except httpx.HTTPError as exc:
-            reason = f"the upstream's event stream broke off ({_describe(exc)})"
+            reason = f"the upstream's event stream broke off ({describe(exc)})"
         except Exception as exc:  # a stream must never take the process down
             log.exception("reading the event stream of upstream %s failed", self.name)
             reason = f"the upstream's event stream failed ({type(exc).__name__})"
@@ -279,7 +281,7 @@ class SseStream:
         except httpx.HTTPError as exc:
             raise UpstreamFailure(
                 jsonrpc.UPSTREAM_UNAVAILABLE,
-                f"upstream {self.name} is unreachable: {_describe(exc)}",
+                f"upstream {self.name} is unreachable: {describe(exc)}",
             ) from None
         self.last_used = time.monotonic()
         if response.status_code == 404:
@@ -416,30 +418,6 @@ class SseReply:
         if not self.done:
             self.done = True
             self.stream.abandon(self.upstream_id)
-
-
-@dataclass
-class _ListenerReply:
-    """The standalone stream: what the server sends that belongs to no call in flight."""
-
-    stream: SseStream
-    queue: asyncio.Queue[Message | None]
-    status: int = 200
-    is_sse: bool = True
-    session_id: str | None = None
-
-    async def events(
-        self, idle_timeout: float | None = None
-    ) -> AsyncIterator[tuple[sse.Event, Message | None]]:
-        while True:
-            message = await self.queue.get()
-            if message is None:
-                return
-            yield sse.Event(data=""), message
-
-    async def aclose(self) -> None:
-        with contextlib.suppress(ValueError):
-            self.stream.listeners.remove(self.queue)
 
 
 @dataclass
@@ -646,7 +624,7 @@ class LegacySseUpstream(DetectsEra):
         protocol_version: str | None = None,
         extra: dict[str, str] | None = None,
         accept: str = "",
-    ) -> "_ListenerReply | Accepted":
+    ) -> "ListenerReply | Accepted":
         if method == "DELETE":
             stream = self.streams.pop(session_id or "", None)
             if stream is not None:
@@ -661,9 +639,7 @@ class LegacySseUpstream(DetectsEra):
                     f"upstream {self.slug}: the session's event stream is gone; "
                     "the next request opens a fresh one",
                 ) from None
-            queue: asyncio.Queue[Message | None] = asyncio.Queue()
-            stream.listeners.append(queue)
-            return _ListenerReply(stream, queue)
+            return ListenerReply(stream.listeners)
         raise UpstreamFailure(
             jsonrpc.UPSTREAM_PROTOCOL_ERROR, f"{method} is not used with an HTTP+SSE upstream"
         )

@@ -2,13 +2,15 @@
 the replies the gateway makes up itself."""
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
 
-from . import jsonrpc
+from . import jsonrpc, sse
 from .jsonrpc import Message
 
 
@@ -49,6 +51,35 @@ class Answered:
 
     async def aclose(self) -> None:
         return None
+
+
+@dataclass
+class ListenerReply:
+    """An agent's GET stream on an upstream with one channel per session (an HTTP+SSE
+    event stream, a stdio process): what the server sends that belongs to no call in
+    flight, handed to the queue by the channel's reader; None ends it."""
+
+    listeners: list[asyncio.Queue[Message | None]]
+    queue: asyncio.Queue[Message | None] = field(default_factory=asyncio.Queue)
+    status: int = 200
+    is_sse: bool = True
+    session_id: str | None = None
+
+    def __post_init__(self) -> None:
+        self.listeners.append(self.queue)
+
+    async def events(
+        self, idle_timeout: float | None = None
+    ) -> AsyncIterator[tuple[sse.Event, Message | None]]:
+        while True:
+            message = await self.queue.get()
+            if message is None:
+                return
+            yield sse.Event(data=""), message
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(ValueError):
+            self.listeners.remove(self.queue)
 
 
 def refused_discover(refusal: dict[str, Any] | None, request_id: Any) -> Answered:

@@ -43,7 +43,7 @@ from django.conf import settings
 
 from . import jsonrpc, protocol, sse
 from .jsonrpc import Message
-from .replies import Accepted, Answered, DetectsEra, refused_discover
+from .replies import Accepted, Answered, DetectsEra, ListenerReply, refused_discover
 from .upstream import InitializeRefused, LegacySession, SessionExpired, UpstreamFailure
 
 log = logging.getLogger(__name__)
@@ -568,9 +568,7 @@ class StdioUpstream(DetectsEra):
                     f"upstream {self.slug}: the session's server process is gone; "
                     "the next request starts a fresh one",
                 ) from None
-            queue: asyncio.Queue[Message | None] = asyncio.Queue()
-            process.listeners.append(queue)
-            return _ListenerReply(process, queue, self.slug)
+            return ListenerReply(process.listeners)
         raise UpstreamFailure(jsonrpc.UPSTREAM_PROTOCOL_ERROR, f"{method} is not used with stdio")
 
     async def shared_session(self, *, renew: LegacySession | None = None) -> LegacySession:
@@ -590,26 +588,3 @@ class StdioUpstream(DetectsEra):
         processes = list(self.processes.values())
         self.processes.clear()
         await asyncio.gather(*(p.close() for p in processes), return_exceptions=True)
-
-
-@dataclass
-class _ListenerReply:
-    """The GET stream: what the server sends that belongs to no call in flight."""
-
-    process: StdioProcess
-    queue: asyncio.Queue[Message | None]
-    name: str
-    status: int = 200
-    is_sse: bool = True
-    session_id: str | None = None
-
-    async def events(self) -> AsyncIterator[tuple[sse.Event, Message | None]]:
-        while True:
-            message = await self.queue.get()
-            if message is None:
-                return
-            yield sse.Event(data=""), message
-
-    async def aclose(self) -> None:
-        with contextlib.suppress(ValueError):
-            self.process.listeners.remove(self.queue)

@@ -107,7 +107,7 @@ class Reply:
         except httpx.HTTPError as exc:
             raise UpstreamFailure(
                 jsonrpc.UPSTREAM_UNAVAILABLE,
-                f"upstream {self.name} broke off its stream: {_describe(exc)}",
+                f"upstream {self.name} broke off its stream: {describe(exc)}",
             ) from None
 
     async def first_response(self) -> Message:
@@ -142,7 +142,7 @@ class Reply:
             ) from None
         except httpx.HTTPError as exc:
             raise UpstreamFailure(
-                jsonrpc.UPSTREAM_UNAVAILABLE, f"upstream {self.name}: {_describe(exc)}"
+                jsonrpc.UPSTREAM_UNAVAILABLE, f"upstream {self.name}: {describe(exc)}"
             ) from None
         finally:
             await self.response.aclose()
@@ -151,7 +151,8 @@ class Reply:
         await self.response.aclose()
 
 
-def _describe(exc: httpx.HTTPError) -> str:
+def describe(exc: BaseException) -> str:
+    """The first line of an error, short enough for a message to an agent."""
     text = str(exc) or type(exc).__name__
     return text.splitlines()[0][:200]
 
@@ -264,7 +265,7 @@ class Upstream(DetectsEra):
             self.forget_era()
             raise UpstreamFailure(
                 jsonrpc.UPSTREAM_UNAVAILABLE,
-                f"upstream {self.name} is unreachable: {_describe(exc)}",
+                f"upstream {self.name} is unreachable: {describe(exc)}",
             ) from None
         reply = Reply(response, self.name)
         if response.status_code in (401, 403):
