@@ -1,8 +1,10 @@
 """Appending to the audit chain, and verifying it."""
 
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from django.conf import settings
@@ -98,26 +100,75 @@ def head_statement() -> str:
 def insert_statement(records: list[AuditRecord]) -> tuple[str, list[Any]]:
     """Postgres: the records and the new chain head in one statement (one round trip, none
     of the ORM's per-row compiling on the data path's hottest write)."""
-    database = connections[AuditRecord.objects.db]
-    fields = AuditRecord._meta.concrete_fields
-    quote = database.ops.quote_name
-    columns = ", ".join(quote(f.column) for f in fields)
-    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
-    params: list[Any] = [
-        f.get_db_prep_save(getattr(record, f.attname), database)
-        for record in records
-        for f in fields
-    ]
+    columns, values, params = _values(records, casts=False)
     params += [records[-1].seq, records[-1].hash]
-    # Only table and column names from the model and placeholders go into the text;
-    # every value is a parameter.
-    table, head = quote(AuditRecord._meta.db_table), quote(AuditHead._meta.db_table)
-    values = ", ".join([row] * len(records))
+    table, head = _tables()
     statement = (
         f"WITH inserted AS (INSERT INTO {table} ({columns}) VALUES {values} RETURNING 1) "  # noqa: S608
         f"UPDATE {head} SET seq = %s, hash = %s WHERE id = 1"
     )
     return statement, params
+
+
+def append_at_statement(records: list[AuditRecord], head: tuple[int, str]) -> tuple[str, list[Any]]:
+    """Postgres: the records appended after `head`, which the caller read earlier, as one
+    statement that needs no transaction around it: it moves the chain head only if the head
+    is still `head` (waiting for a writer that holds it), and inserts the records only if
+    it moved it. So no lock is held between reading the head and writing after it, and
+    nothing is written after a head that another writer has moved since: the statement then
+    inserts no row and the caller appends under the lock instead (`head_statement`)."""
+    columns, values, params = _values(records, casts=True)
+    params = [records[-1].seq, records[-1].hash, head[0], head[1], *params]
+    table, head_table = _tables()
+    statement = (
+        f"WITH moved AS (UPDATE {head_table} SET seq = %s, hash = %s "  # noqa: S608
+        f"WHERE id = 1 AND seq = %s AND hash = %s RETURNING 1) "
+        f"INSERT INTO {table} ({columns}) SELECT * FROM (VALUES {values}) AS appended "
+        f"WHERE EXISTS (SELECT 1 FROM moved)"
+    )
+    return statement, params
+
+
+def written_statement() -> str:
+    """Postgres: whether the record with a sequence number and hash is in the chain."""
+    table, _ = _tables()
+    return f"SELECT 1 FROM {table} WHERE seq = %s AND hash = %s"  # noqa: S608
+
+
+def _tables() -> tuple[str, str]:
+    quote = connections[AuditRecord.objects.db].ops.quote_name
+    return quote(AuditRecord._meta.db_table), quote(AuditHead._meta.db_table)
+
+
+def _values(records: list[AuditRecord], *, casts: bool) -> tuple[str, str, list[Any]]:
+    """The column list, the VALUES rows and their parameters for inserting `records`."""
+    database = connections[AuditRecord.objects.db]
+    columns, row = _columns_and_row(casts)
+    params: list[Any] = [
+        f.get_db_prep_save(getattr(record, f.attname), database)
+        for record in records
+        for f in AuditRecord._meta.concrete_fields
+    ]
+    # Only table and column names and types from the model and placeholders go into the
+    # text; every value is a parameter.
+    return columns, ", ".join([row] * len(records)), params
+
+
+@cache
+def _columns_and_row(casts: bool) -> tuple[str, str]:
+    """casts: each placeholder is cast to its column's type, as rows that are selected
+    rather than inserted directly need (to the unbounded type for varchar(n): a cast to
+    varchar(n) would cut a value that the column must refuse)."""
+    database = connections[AuditRecord.objects.db]
+    fields = AuditRecord._meta.concrete_fields
+    columns = ", ".join(database.ops.quote_name(f.column) for f in fields)
+    if casts:
+        types = [_VARCHAR.sub("text", f.cast_db_type(database)) for f in fields]
+        return columns, "(" + ", ".join(f"%s::{kind}" for kind in types) + ")"
+    return columns, "(" + ", ".join(["%s"] * len(fields)) + ")"
+
+
+_VARCHAR = re.compile(r"^varchar\(\d+\)$")
 
 
 def new_call_id() -> uuid.UUID:

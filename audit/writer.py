@@ -13,9 +13,9 @@ If a batch fails, its records are retried one by one, so one bad record cannot f
 calls that happened to share its transaction.
 
 On Postgres the writes run on the event loop, on a connection of the writer's own
-(psycopg's async connection, pipelined: lock and read the head in one round trip, insert,
-move the head and commit in a second), not in a worker thread through Django's: no thread
-hand-off and no contention for the GIL between the loop and a thread composing records.
+(psycopg's async connection, see `PostgresChain`), not in a worker thread through
+Django's: no thread hand-off and no contention for the GIL between the loop and a thread
+composing records.
 """
 
 import asyncio
@@ -41,15 +41,23 @@ _append_many_in_thread = sync_to_async(chain.append_many, thread_sensitive=False
 
 class PostgresChain:
     """Appends to the chain over one async connection, opened on first use and again
-    after it broke."""
+    after it broke.
+
+    The writer keeps the head it last wrote: the next records go after it in one statement,
+    one round trip and no transaction around it (`chain.append_at_statement`). That
+    statement writes nothing if another writer (another process, the console) has moved the
+    head since; the records are then appended under the head's lock, which reads the head
+    afresh (pipelined: lock and read the head in one round trip, insert, move the head and
+    commit in a second)."""
 
     def __init__(self) -> None:
         self._connection: Any = None
+        self._head: tuple[int, str] | None = None
 
     async def _connect(self) -> Any:
         if self._connection is None or self._connection.closed or self._connection.broken:
             self._connection = await psycopg.AsyncConnection.connect(
-                pg.conninfo("mcpgw-audit-writer")
+                pg.conninfo("mcpgw-audit-writer"), autocommit=True
             )
         return self._connection
 
@@ -60,12 +68,49 @@ class PostgresChain:
             return await self._append_many(rows)
         except _DiedBeforeWriting:
             # The kept connection had died while idle (a restarted or failed-over
-            # database, an idle timeout): nothing was written, so a new connection may
-            # write the records. A connection that dies after that fails the records.
+            # database, an idle timeout) and the records are not in the chain: a new
+            # connection may write them. A connection that dies after that fails them.
             return await self._append_many(rows)
 
     async def _append_many(self, rows: list[dict[str, Any]]) -> list[AuditRecord]:
         connection = await self._connect()
+        # Forgotten until these records are written: after a failure the head is read again.
+        known, self._head = self._head, None
+        appended = None
+        if known is not None:
+            appended = await self._append_after(connection, rows, known)
+        if appended is None:
+            appended = await self._append_locked(connection, rows)
+        head_seq, records = appended
+        self._head = records[-1].seq, records[-1].hash
+        if chain.crosses_checkpoint(head_seq, records):
+            await _checkpoint(records[-1])
+        return records
+
+    async def _append_after(
+        self, connection: Any, rows: list[dict[str, Any]], head: tuple[int, str]
+    ) -> tuple[int, list[AuditRecord]] | None:
+        """The records appended after `head`, or None if the head has moved since."""
+        records = chain.build(rows, *head)
+        try:
+            cursor = await connection.execute(*chain.append_at_statement(records, head))
+        except BaseException as exc:
+            if connection.broken:
+                await self.aclose()
+                if isinstance(exc, psycopg.OperationalError):
+                    # Whether the statement committed before the connection broke: it
+                    # wrote all of the records or none.
+                    if await self._written(records[-1]):
+                        return head[0], records
+                    raise _DiedBeforeWriting from exc
+            raise
+        if cursor.rowcount != len(records):
+            return None
+        return head[0], records
+
+    async def _append_locked(
+        self, connection: Any, rows: list[dict[str, Any]]
+    ) -> tuple[int, list[AuditRecord]]:
         written = False
         try:
             async with connection.pipeline(), connection.transaction():
@@ -80,16 +125,20 @@ class PostgresChain:
                 await cursor.execute(*chain.insert_statement(records))
         except _NoHead:
             # The migration creates the head; only a database that lost it gets here.
-            return await _append_many_in_thread(rows)
+            records = await _append_many_in_thread(rows)
+            return records[0].seq - 1, records
         except BaseException as exc:
             if connection.broken:
                 await self.aclose()
                 if not written and isinstance(exc, psycopg.OperationalError):
                     raise _DiedBeforeWriting from exc
             raise
-        if chain.crosses_checkpoint(head_seq, records):
-            await _checkpoint(records[-1])
-        return records
+        return head_seq, records
+
+    async def _written(self, record: AuditRecord) -> bool:
+        connection = await self._connect()
+        cursor = await connection.execute(chain.written_statement(), [record.seq, record.hash])
+        return await cursor.fetchone() is not None
 
     async def aclose(self) -> None:
         connection, self._connection = self._connection, None

@@ -109,3 +109,57 @@ async def test_a_writer_whose_idle_connection_died_writes_on_a_new_one(transacti
     assert targets == ["tool-1", "tool-2", "tool-3"]
     result = await asyncio.to_thread(chain.verify)
     assert result.ok, result.error
+
+
+async def test_records_follow_a_head_that_another_writer_moved(transactions):
+    """The writer appends after the head it last wrote without reading it again; when
+    another writer (another gateway process, the console) has appended since, it must
+    notice and append after theirs, never beside them."""
+    await writer.append(**request_fields(1))
+    await asyncio.to_thread(chain.append, **request_fields(2))
+    await writer.append(**request_fields(3))
+    await asyncio.to_thread(chain.append, **request_fields(4))
+    await asyncio.to_thread(chain.append, **request_fields(5))
+    records = await asyncio.gather(*(writer.append(**request_fields(n)) for n in range(6, 12)))
+
+    assert [r.target for r in records] == [f"tool-{n}" for n in range(6, 12)]
+    targets = await asyncio.to_thread(
+        lambda: list(AuditRecord.objects.order_by("seq").values_list("target", flat=True))
+    )
+    assert targets == [f"tool-{n}" for n in range(1, 12)]
+    result = await asyncio.to_thread(chain.verify)
+    assert result.ok, result.error
+    assert result.verified == 11
+
+
+async def test_a_record_waits_for_a_writer_that_holds_the_head(transactions):
+    """Another process holds the head's lock while the writer appends: the record is
+    written after that process's record, once it commits."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the writer keeps a connection of its own on Postgres only")
+    import psycopg
+
+    from mcpgw import pg
+
+    await writer.append(**request_fields(1))
+    async with await psycopg.AsyncConnection.connect(pg.conninfo("test-other")) as other:
+        async with other.transaction():
+            cursor = other.cursor()
+            await cursor.execute(chain.head_statement())
+            head_seq, head_hash = await cursor.fetchone()
+            (theirs,) = await asyncio.to_thread(
+                chain.build, [request_fields(2, connection="other")], head_seq, head_hash
+            )
+            await cursor.execute(*await asyncio.to_thread(chain.insert_statement, [theirs]))
+            waiting = asyncio.ensure_future(writer.append(**request_fields(3)))
+            await asyncio.sleep(0.3)
+            assert not waiting.done()
+        ours = await waiting
+
+    assert ours.seq == theirs.seq + 1
+    assert ours.prev_hash == theirs.hash
+    result = await asyncio.to_thread(chain.verify)
+    assert result.ok, result.error
+    assert result.verified == 3
