@@ -1,20 +1,21 @@
 """Clients for upstream MCP servers over Streamable HTTP.
 
-One `Upstream` per connection and process holds a pooled HTTP client, so HTTP
-connections are reused across calls; legacy-era upstream sessions are created once per
-downstream session (or once per connection for stateless downstream clients) and reused
-for every call in them.
+One `Upstream` per connection and process holds a pooled HTTP client (aiohttp, whose
+HTTP parser is compiled: a call through it costs a fraction of what a pure-Python client
+costs), so HTTP connections are reused across calls; legacy-era upstream sessions are
+created once per downstream session (or once per connection for stateless downstream
+clients) and reused for every call in them.
 """
 
 import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 from django.conf import settings
 
 from . import jsonrpc, protocol, sse
@@ -47,13 +48,18 @@ class SessionExpired(Exception):
 class Reply:
     """An upstream HTTP answer whose body has not been read yet."""
 
-    response: httpx.Response
+    response: aiohttp.ClientResponse
     name: str
     size: int = 0
+    on_close: Callable[[], None] | None = None
 
     @property
     def status(self) -> int:
-        return self.response.status_code
+        return self.response.status
+
+    @property
+    def headers(self) -> Any:
+        return self.response.headers
 
     @property
     def is_sse(self) -> bool:
@@ -89,7 +95,7 @@ class Reply:
         An answer's stream must produce a complete line at least every `idle_timeout`
         seconds (bytes trickling in without one do not count)."""
         try:
-            async for event in sse.parse_events(self.response.aiter_bytes(), idle_timeout):
+            async for event in sse.parse_events(self.response.content.iter_any(), idle_timeout):
                 message = None
                 if event.data:
                     try:
@@ -97,21 +103,22 @@ class Reply:
                     except (ValueError, jsonrpc.InvalidMessage):
                         log.warning("upstream %s sent an invalid SSE message; dropped", self.name)
                 yield event, message
-        except (httpx.TimeoutException, sse.StreamStalled):
+        except (TimeoutError, sse.StreamStalled):
             raise UpstreamFailure(
                 jsonrpc.UPSTREAM_TIMEOUT,
                 f"upstream {self.name} stopped answering for "
                 f"{settings.GATEWAY['UPSTREAM_TIMEOUT']:g} s",
                 outcome="timeout",
             ) from None
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             raise UpstreamFailure(
                 jsonrpc.UPSTREAM_UNAVAILABLE,
                 f"upstream {self.name} broke off its stream: {describe(exc)}",
             ) from None
 
     async def first_response(self) -> Message:
-        """Read until the reply's JSON-RPC response (JSON or SSE), ignoring notifications."""
+        """Read until the reply's JSON-RPC response (JSON or SSE), ignoring notifications;
+        the reply is closed after it."""
         if not self.is_sse:
             message = await self.read_message()
             if message is None or not message.is_response:
@@ -119,9 +126,12 @@ class Reply:
                     jsonrpc.UPSTREAM_PROTOCOL_ERROR, f"upstream {self.name} sent no response"
                 )
             return message
-        async for _event, message in self.events():
-            if message is not None and message.is_response:
-                return message
+        try:
+            async for _event, message in self.events():
+                if message is not None and message.is_response:
+                    return message
+        finally:
+            await self.aclose()
         raise UpstreamFailure(
             jsonrpc.UPSTREAM_PROTOCOL_ERROR,
             f"upstream {self.name} closed its stream without a response",
@@ -131,24 +141,28 @@ class Reply:
         try:
             # A whole JSON answer within the timeout: an upstream trickling bytes is cut off.
             return await asyncio.wait_for(
-                self.response.aread(), settings.GATEWAY["UPSTREAM_TIMEOUT"]
+                self.response.read(), settings.GATEWAY["UPSTREAM_TIMEOUT"]
             )
-        except (httpx.TimeoutException, TimeoutError):
+        except TimeoutError:
             raise UpstreamFailure(
                 jsonrpc.UPSTREAM_TIMEOUT,
                 f"upstream {self.name} did not answer within "
                 f"{settings.GATEWAY['UPSTREAM_TIMEOUT']:g} s",
                 outcome="timeout",
             ) from None
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             raise UpstreamFailure(
                 jsonrpc.UPSTREAM_UNAVAILABLE, f"upstream {self.name}: {describe(exc)}"
             ) from None
         finally:
-            await self.response.aclose()
+            await self.aclose()
 
     async def aclose(self) -> None:
-        await self.response.aclose()
+        """Give the connection back (closed, if the body was not read to its end)."""
+        self.response.release()
+        on_close, self.on_close = self.on_close, None
+        if on_close is not None:
+            on_close()
 
 
 def describe(exc: BaseException) -> str:
@@ -173,38 +187,48 @@ class Upstream(DetectsEra):
     slug: str
     url: str
     headers: dict[str, str]
-    client: httpx.AsyncClient = field(init=False)
-    # Whether the upstream answers server/discover (2026-07-28), with the time we learnt it.
     # The session used on behalf of stateless (modern) agents when the upstream is legacy.
     _shared_session: LegacySession | None = field(default=None, init=False)
     _shared_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
-
-    def __post_init__(self) -> None:
-        timeouts = settings.GATEWAY
-        timeout = httpx.Timeout(
-            timeouts["UPSTREAM_TIMEOUT"], connect=timeouts["UPSTREAM_CONNECT_TIMEOUT"]
-        )
-        self.client = httpx.AsyncClient(
-            timeout=timeout,
-            limits=httpx.Limits(
-                max_connections=timeouts["UPSTREAM_MAX_CONNECTIONS"], max_keepalive_connections=50
-            ),
-            follow_redirects=False,
-        )
-        # Agents' GET streams stay open for as long as the agent listens, one upstream
-        # connection each: they get a pool of their own, so that any number of idle
-        # listeners can never starve calls of connections.
-        self.stream_client = httpx.AsyncClient(
-            timeout=timeout,
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=0),
-            follow_redirects=False,
-        )
+    # The HTTP clients, made on first use on the event loop that uses them.
+    _clients: dict[str, aiohttp.ClientSession] = field(default_factory=dict, init=False)
+    # Requests sent and not yet closed, to tell a full pool from a slow connect.
+    _open: int = field(default=0, init=False)
 
     @property
     def name(self) -> str:
         return self.slug
 
     # -- raw HTTP ------------------------------------------------------------------
+
+    def _client(self, kind: str) -> aiohttp.ClientSession:
+        client = self._clients.get(kind)
+        loop = asyncio.get_running_loop()
+        if client is not None and not client.closed and client.loop is loop:
+            return client
+        gateway = settings.GATEWAY
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            # Waiting for a free connection of the pool, and connecting.
+            connect=gateway["UPSTREAM_TIMEOUT"],
+            sock_connect=gateway["UPSTREAM_CONNECT_TIMEOUT"],
+            # Waiting for the answer's head, and between reads of its body.
+            sock_read=gateway["UPSTREAM_TIMEOUT"],
+        )
+        if kind == "calls":
+            connector = aiohttp.TCPConnector(
+                limit=gateway["UPSTREAM_MAX_CONNECTIONS"], limit_per_host=0
+            )
+        else:
+            # Agents' GET streams stay open for as long as the agent listens, one upstream
+            # connection each: they get a pool of their own, so that any number of idle
+            # listeners can never starve calls of connections.
+            connector = aiohttp.TCPConnector(limit=0, force_close=True)
+        client = aiohttp.ClientSession(
+            connector=connector, timeout=timeout, auto_decompress=True, trust_env=False
+        )
+        self._clients[kind] = client
+        return client
 
     def _headers(
         self,
@@ -241,47 +265,74 @@ class Upstream(DetectsEra):
         )
         if body is not None:
             headers["content-type"] = "application/json"
-        client = self.stream_client if method == "GET" else self.client
-        request = client.build_request(method, self.url, content=body, headers=headers)
+        client = self._client("streams" if method == "GET" else "calls")
+        counted = method != "GET"
+        if counted:
+            self._open += 1
         try:
-            response = await client.send(request, stream=True)
-        except httpx.PoolTimeout:
-            raise UpstreamFailure(
-                jsonrpc.UPSTREAM_UNAVAILABLE,
-                f"the gateway has {settings.GATEWAY['UPSTREAM_MAX_CONNECTIONS']} requests open "
-                f"to upstream {self.name} and no connection came free within "
-                f"{settings.GATEWAY['UPSTREAM_TIMEOUT']:g} s; try again later",
-            ) from None
-        except httpx.TimeoutException as exc:
-            self.forget_era()
-            outcome = "upstream_error" if isinstance(exc, httpx.ConnectTimeout) else "timeout"
-            raise UpstreamFailure(
-                jsonrpc.UPSTREAM_TIMEOUT,
-                f"upstream {self.name} did not answer within "
-                f"{settings.GATEWAY['UPSTREAM_TIMEOUT']:g} s ({type(exc).__name__})",
-                outcome=outcome,
-            ) from None
-        except httpx.HTTPError as exc:
-            self.forget_era()
-            raise UpstreamFailure(
-                jsonrpc.UPSTREAM_UNAVAILABLE,
-                f"upstream {self.name} is unreachable: {describe(exc)}",
-            ) from None
-        reply = Reply(response, self.name)
-        if response.status_code in (401, 403):
+            response = await client.request(
+                method, self.url, data=body, headers=headers, allow_redirects=False
+            )
+        except BaseException as exc:
+            if counted:
+                self._open -= 1
+            failure = self._failure(exc, pool_wait=counted) if isinstance(exc, Exception) else None
+            if failure is None:
+                raise
+            raise failure from None
+        reply = Reply(response, self.name, on_close=self._closed if counted else None)
+        if response.status in (401, 403):
             await reply.aclose()
             raise UpstreamFailure(
                 jsonrpc.UPSTREAM_UNAVAILABLE,
                 f"upstream {self.name} refused the gateway's credentials "
-                f"(HTTP {response.status_code}); an admin must update the connection",
+                f"(HTTP {response.status}); an admin must update the connection",
             )
-        if response.status_code >= 500:
+        if response.status >= 500:
             await reply.aclose()
             raise UpstreamFailure(
                 jsonrpc.UPSTREAM_UNAVAILABLE,
-                f"upstream {self.name} failed with HTTP {response.status_code}",
+                f"upstream {self.name} failed with HTTP {response.status}",
             )
         return reply
+
+    def _closed(self) -> None:
+        self._open -= 1
+
+    def _failure(self, exc: Exception, *, pool_wait: bool) -> UpstreamFailure | None:
+        """Why a request got no answer, as the agent is told it (None: not the upstream's
+        doing, the exception goes on as it is)."""
+        gateway = settings.GATEWAY
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            # The other requests still open fill the pool: this one waited for a connection.
+            if pool_wait and self._open >= gateway["UPSTREAM_MAX_CONNECTIONS"]:
+                return UpstreamFailure(
+                    jsonrpc.UPSTREAM_UNAVAILABLE,
+                    f"the gateway has {gateway['UPSTREAM_MAX_CONNECTIONS']} requests open to "
+                    f"upstream {self.name} and no connection came free within "
+                    f"{gateway['UPSTREAM_TIMEOUT']:g} s; try again later",
+                )
+            self.forget_era()
+            return UpstreamFailure(
+                jsonrpc.UPSTREAM_TIMEOUT,
+                f"upstream {self.name} did not answer within "
+                f"{gateway['UPSTREAM_CONNECT_TIMEOUT']:g} s (no connection)",
+                outcome="upstream_error",
+            )
+        if isinstance(exc, TimeoutError):
+            self.forget_era()
+            return UpstreamFailure(
+                jsonrpc.UPSTREAM_TIMEOUT,
+                f"upstream {self.name} did not answer within {gateway['UPSTREAM_TIMEOUT']:g} s",
+                outcome="timeout",
+            )
+        if isinstance(exc, aiohttp.ClientError):
+            self.forget_era()
+            return UpstreamFailure(
+                jsonrpc.UPSTREAM_UNAVAILABLE,
+                f"upstream {self.name} is unreachable: {describe(exc)}",
+            )
+        return None
 
     async def post(
         self,
@@ -313,7 +364,7 @@ class Upstream(DetectsEra):
             protocol_version=protocol.MODERN_VERSION,
             extra=protocol.modern_headers("server/discover", None),
         )
-        if reply.status >= 400 and not reply.response.headers.get("content-type", "").startswith(
+        if reply.status >= 400 and not reply.headers.get("content-type", "").startswith(
             ("application/json", "text/event-stream")
         ):
             await reply.aclose()
@@ -375,8 +426,9 @@ class Upstream(DetectsEra):
     async def aclose(self) -> None:
         if self._shared_session is not None:
             await self.end_session(self._shared_session)
-        await self.client.aclose()
-        await self.stream_client.aclose()
+        clients, self._clients = self._clients, {}
+        for client in clients.values():
+            await client.close()
 
 
 class InitializeRefused(Exception):
