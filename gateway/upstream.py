@@ -191,7 +191,9 @@ class Upstream(DetectsEra):
     _shared_session: LegacySession | None = field(default=None, init=False)
     _shared_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
     # The HTTP clients, made on first use on the event loop that uses them.
-    _clients: dict[str, aiohttp.ClientSession] = field(default_factory=dict, init=False)
+    _clients: dict[str, tuple[asyncio.AbstractEventLoop, aiohttp.ClientSession]] = field(
+        default_factory=dict, init=False
+    )
     # Requests sent and not yet closed, to tell a full pool from a slow connect.
     _open: int = field(default=0, init=False)
 
@@ -202,10 +204,10 @@ class Upstream(DetectsEra):
     # -- raw HTTP ------------------------------------------------------------------
 
     def _client(self, kind: str) -> aiohttp.ClientSession:
-        client = self._clients.get(kind)
         loop = asyncio.get_running_loop()
-        if client is not None and not client.closed and client.loop is loop:
-            return client
+        made = self._clients.get(kind)
+        if made is not None and made[0] is loop and not made[1].closed:
+            return made[1]
         gateway = settings.GATEWAY
         timeout = aiohttp.ClientTimeout(
             total=None,
@@ -227,7 +229,7 @@ class Upstream(DetectsEra):
         client = aiohttp.ClientSession(
             connector=connector, timeout=timeout, auto_decompress=True, trust_env=False
         )
-        self._clients[kind] = client
+        self._clients[kind] = loop, client
         return client
 
     def _headers(
@@ -427,8 +429,10 @@ class Upstream(DetectsEra):
         if self._shared_session is not None:
             await self.end_session(self._shared_session)
         clients, self._clients = self._clients, {}
-        for client in clients.values():
-            await client.close()
+        loop = asyncio.get_running_loop()
+        for made_on, client in clients.values():
+            if made_on is loop:
+                await client.close()
 
 
 class InitializeRefused(Exception):

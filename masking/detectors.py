@@ -1448,7 +1448,20 @@ def scan(text: str, detectors: Iterable[Detector]) -> list[Finding]:
     return _resolve_overlaps(found)
 
 
+def _start(finding: Finding) -> int:
+    return finding.start
+
+
 def _resolve_overlaps(found: list[tuple[Finding, int]]) -> list[Finding]:
+    # Most texts have no overlapping findings: then every finding is kept, in text order.
+    by_start = sorted((finding for finding, _ in found), key=_start)
+    end = -1
+    for finding in by_start:
+        if finding.start < end:
+            break
+        end = finding.end
+    else:
+        return by_start
     found.sort(key=lambda item: (item[0].start - item[0].end, item[1], item[0].start))
     starts: list[int] = []
     kept: list[Finding] = []
