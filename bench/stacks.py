@@ -39,17 +39,17 @@ STEPS = (
     ("tool catalog view", r"^view \(gateway/catalog\.py"),
     ("policy evaluate (50 rules)", r"^evaluate \(approvals/policy\.py"),
     ("audit append (chain.append)", r"^append \(audit/chain\.py"),
+    ("audit append (the writer on the event loop)", r"^PostgresChain\._append_many \(audit/"),
     ("audit: _stored_result (mask, canonical, sha256)", r"^_stored_result \(audit/recorder\.py"),
     ("audit: redact() of arguments and result", r"^redact \(audit/recorder\.py"),
     ("mask for the agent", r"^mask \(gateway/pipeline\.py"),
-    ("upstream request (httpx send)", r"^AsyncClient\.send \(httpx/"),
+    ("upstream request (aiohttp)", r"^Upstream\.send \(gateway/upstream\.py"),
     ("upstream body read + json.loads", r"^Reply\.read_message \(gateway/upstream\.py"),
     ("response JSON to agent (dumps)", r"^Exchange\.respond_json \(gateway/endpoint\.py"),
     ("request parse (jsonrpc.parse)", r"^parse \(gateway/jsonrpc\.py"),
     ("daphne/Twisted HTTP (outside the app)", r"^HTTPChannel\.|^WebRequest\.|^Request\."),
     ("thread pool hand-off (submit)", r"^ThreadPoolExecutor\.submit "),
     ("worker waiting for work or the GIL", r"^_worker \(concurrent/futures/thread\.py:89\)"),
-    ("httpcore's failed 'import sniffio'", r"^current_async_library \(httpcore/"),
 )
 
 
