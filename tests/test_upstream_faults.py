@@ -1,7 +1,9 @@
 """HTTP upstreams that break: each call gets a clear error within the timeout, and the
 gateway keeps no file handle behind."""
 
+import asyncio
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -10,6 +12,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from audit.models import AuditRecord, Kind
 from tests.conftest import (
     FIXTURES,
     Server,
@@ -82,3 +85,62 @@ async def test_many_broken_calls_leave_no_file_handles(alice, gateway, upstreams
     time.sleep(0.5)
     after = open_files(gateway.process.pid)
     assert after <= before + 5, (before, after)
+
+
+@pytest.fixture
+def unaccepting_port() -> Iterator[int]:
+    """A port whose listener never accepts and whose queue is full: the kernel drops every
+    further connection attempt, so a connect to it hangs (a host that is down or behind a
+    firewall that drops packets)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+        fillers.append(filler)
+    time.sleep(0.2)
+    yield port
+    for each in [*fillers, listener]:
+        each.close()
+
+
+async def test_an_upstream_that_takes_no_connection_fails_the_call_at_the_connect_timeout(
+    alice, gateway, unaccepting_port
+):
+    add_connection("silent", f"http://127.0.0.1:{unaccepting_port}/mcp")
+    url = f"{gateway.url}/mcp/silent"
+    headers = {
+        "Authorization": f"Bearer {issue_token('alice')}",
+        "Accept": "application/json, text/event-stream",
+        "Content-Type": "application/json",
+        "MCP-Protocol-Version": "2025-11-25",
+    }
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"},
+        },
+    }
+    started = time.monotonic()
+    async with httpx.AsyncClient(timeout=30) as http:
+        response = await http.post(url, headers=headers, json=initialize)
+    elapsed = time.monotonic() - started
+    # The test gateway gives a connect 2 s (GATEWAY_UPSTREAM_CONNECT_TIMEOUT), and an
+    # answer 5 s: the call ends at the first, not at the second.
+    error = response.json()["error"]
+    assert error["code"] == -32011, error
+    assert "silent did not answer within 2 s (no connection)" in error["message"]
+    assert elapsed < 9
+    outcome = await asyncio.to_thread(
+        lambda: AuditRecord.objects.filter(kind=Kind.CALL_OUTCOME).latest("seq")
+    )
+    assert outcome.outcome == "upstream_error"
+    assert "no connection" in outcome.result["error"]["message"]
