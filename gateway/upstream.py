@@ -226,9 +226,9 @@ class Upstream(DetectsEra):
             # connection each: they get a pool of their own, so that any number of idle
             # listeners can never starve calls of connections.
             connector = aiohttp.TCPConnector(limit=0, force_close=True)
-        client = aiohttp.ClientSession(
-            connector=connector, timeout=timeout, auto_decompress=True, trust_env=False
-        )
+        # trust_env: HTTP_PROXY, HTTPS_PROXY and NO_PROXY apply, as for any HTTP client of
+        # the host; certificates are checked against the system's store (or SSL_CERT_FILE).
+        client = aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=True)
         self._clients[kind] = loop, client
         return client
 
