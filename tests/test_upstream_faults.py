@@ -22,6 +22,7 @@ from tests.conftest import (
     stop,
     wait_for_port,
 )
+from tests.test_bad_input import MODERN_CALL, MODERN_HEADERS
 from tests.test_proxy_sdk import raw_initialize
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -113,25 +114,10 @@ async def test_an_upstream_that_takes_no_connection_fails_the_call_at_the_connec
 ):
     add_connection("silent", f"http://127.0.0.1:{unaccepting_port}/mcp")
     url = f"{gateway.url}/mcp/silent"
-    headers = {
-        "Authorization": f"Bearer {issue_token('alice')}",
-        "Accept": "application/json, text/event-stream",
-        "Content-Type": "application/json",
-        "MCP-Protocol-Version": "2025-11-25",
-    }
-    initialize = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-11-25",
-            "capabilities": {},
-            "clientInfo": {"name": "t", "version": "1"},
-        },
-    }
+    headers = {**MODERN_HEADERS, "Authorization": f"Bearer {issue_token('alice')}"}
     started = time.monotonic()
     async with httpx.AsyncClient(timeout=30) as http:
-        response = await http.post(url, headers=headers, json=initialize)
+        response = await http.post(url, headers=headers, json=MODERN_CALL)
     elapsed = time.monotonic() - started
     # The test gateway gives a connect 2 s (GATEWAY_UPSTREAM_CONNECT_TIMEOUT), and an
     # answer 5 s: the call ends at the first, not at the second.
