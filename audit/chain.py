@@ -21,7 +21,7 @@ JSON_FIELDS = ("arguments", "result", "masking", "details")
 def _head_for_update() -> tuple[int, str]:
     """The chain head's sequence number and hash, locked until the transaction ends."""
     database = connections[AuditHead.objects.db]
-    if database.vendor == "postgresql":
+    if database.vendor in ("postgresql", "sqlite"):
         with database.cursor() as cursor:
             cursor.execute(head_statement())
             found = cursor.fetchone()
@@ -81,20 +81,41 @@ def crosses_checkpoint(head_seq: int, records: list[AuditRecord]) -> bool:
 
 def _insert_and_move_head(records: list[AuditRecord]) -> None:
     database = connections[AuditRecord.objects.db]
-    if database.vendor != "postgresql":
+    if database.vendor == "postgresql":
+        statement, params = insert_statement(records)
+        with database.cursor() as cursor:
+            cursor.execute(statement, params)
+        return
+    if database.vendor != "sqlite":
         AuditRecord.objects.bulk_create(records)
         AuditHead.objects.filter(pk=1).update(seq=records[-1].seq, hash=records[-1].hash)
         return
-    statement, params = insert_statement(records)
+    # SQLite: the statements without the ORM's per-call compiling (the embedded default
+    # writes every call's records this way); as many rows per INSERT as its limit on
+    # parameters allows.
+    table, head = _tables()
     with database.cursor() as cursor:
-        cursor.execute(statement, params)
+        for first in range(0, len(records), _SQLITE_ROWS):
+            columns, values, params = _values(records[first : first + _SQLITE_ROWS], casts=False)
+            cursor.execute(f"INSERT INTO {table} ({columns}) VALUES {values}", params)  # noqa: S608
+        cursor.execute(
+            f"UPDATE {head} SET seq = %s, hash = %s WHERE id = 1",  # noqa: S608
+            [records[-1].seq, records[-1].hash],
+        )
+
+
+# SQLite takes at most 32,766 parameters per statement; an audit record has 29.
+_SQLITE_ROWS = 1000
 
 
 def head_statement() -> str:
-    """Postgres: the chain head's sequence number and hash, locked until the transaction
-    ends."""
-    table = connections[AuditHead.objects.db].ops.quote_name(AuditHead._meta.db_table)
-    return f"SELECT seq, hash FROM {table} WHERE id = 1 FOR UPDATE"  # noqa: S608
+    """The chain head's sequence number and hash, locked until the transaction ends: on
+    Postgres by the row lock taken here, on SQLite by the write lock that the
+    transaction took when it began (Django begins them IMMEDIATE, see settings)."""
+    database = connections[AuditHead.objects.db]
+    table = database.ops.quote_name(AuditHead._meta.db_table)
+    lock = " FOR UPDATE" if database.vendor == "postgresql" else ""
+    return f"SELECT seq, hash FROM {table} WHERE id = 1{lock}"  # noqa: S608
 
 
 def insert_statement(records: list[AuditRecord]) -> tuple[str, list[Any]]:

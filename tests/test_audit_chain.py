@@ -276,6 +276,46 @@ def test_sqlite_triggers_refuse_update_and_delete(tmp_path):
     db.close()
 
 
+EMBEDDED_APPENDS = """
+import asyncio
+from audit import chain, writer
+
+async def calls():
+    # Calls of the serving process share transactions; others append on their own.
+    await asyncio.gather(*(
+        writer.append(kind="call_request", connection="demo", method="tools/call",
+                      target=f"tool-{n}", arguments={"n": n, "card": "4111 1111 1111 1111"},
+                      latency_ms=1.5 * n)
+        for n in range(300)
+    ))
+
+chain.append(kind="event", event="first")
+asyncio.run(calls())
+chain.append_many([{"kind": "event", "event": f"batch-{n}"} for n in range(1500)])
+"""
+
+
+def test_the_embedded_default_writes_a_chain_that_verifies(tmp_path):
+    """SQLite (no DATABASE_URL): single appends, group commits of concurrent calls and a
+    batch larger than one INSERT takes make one gap-free chain that audit_verify accepts."""
+    env = embedded_env(tmp_path)
+    assert manage(env, "migrate", "--noinput", "-v0").returncode == 0
+    appended = manage(env, "shell", "-c", EMBEDDED_APPENDS)
+    assert appended.returncode == 0, appended.stderr
+    verified = manage(env, "audit_verify")
+    assert verified.returncode == 0, verified.stderr
+    assert verified.stdout.startswith("OK: 1801 records verified (sequence 1..1801)")
+    db = sqlite3.connect(tmp_path / "gateway.sqlite3")
+    head = db.execute("SELECT seq, hash FROM audit_audithead WHERE id = 1").fetchone()
+    last = db.execute("SELECT seq, hash FROM audit_auditrecord ORDER BY seq DESC").fetchone()
+    stored = db.execute("SELECT arguments, latency_ms FROM audit_auditrecord WHERE seq = 2")
+    arguments, latency = stored.fetchone()
+    db.close()
+    assert head == last
+    assert json.loads(arguments)["card"] == "4111 1111 1111 1111"
+    assert isinstance(latency, float)
+
+
 # -- tampering is detected ---------------------------------------------------------------
 
 CHAIN_LENGTH = 30
