@@ -21,17 +21,14 @@ JSON_FIELDS = ("arguments", "result", "masking", "details")
 def _head_for_update() -> tuple[int, str]:
     """The chain head's sequence number and hash, locked until the transaction ends."""
     database = connections[AuditHead.objects.db]
-    if database.vendor in ("postgresql", "sqlite"):
-        with database.cursor() as cursor:
-            cursor.execute(head_statement())
-            found = cursor.fetchone()
-        if found is not None:
-            return found[0], found[1]
-    head = AuditHead.objects.select_for_update().filter(pk=1).first()
-    if head is None:
-        # The migration creates the head; this only runs on a database that lost it.
-        AuditHead.objects.get_or_create(pk=1, defaults={"seq": 0, "hash": GENESIS_HASH})
-        head = AuditHead.objects.select_for_update().get(pk=1)
+    with database.cursor() as cursor:
+        cursor.execute(head_statement())
+        found = cursor.fetchone()
+    if found is not None:
+        return found[0], found[1]
+    # The migration creates the head; this only runs on a database that lost it.
+    AuditHead.objects.get_or_create(pk=1, defaults={"seq": 0, "hash": GENESIS_HASH})
+    head = AuditHead.objects.select_for_update().get(pk=1)
     return head.seq, head.hash
 
 
@@ -80,23 +77,20 @@ def crosses_checkpoint(head_seq: int, records: list[AuditRecord]) -> bool:
 
 
 def _insert_and_move_head(records: list[AuditRecord]) -> None:
+    """The records and the new chain head as plain statements, without the ORM's per-call
+    compiling (every call's records go this way)."""
     database = connections[AuditRecord.objects.db]
     if database.vendor == "postgresql":
         statement, params = insert_statement(records)
         with database.cursor() as cursor:
             cursor.execute(statement, params)
         return
-    if database.vendor != "sqlite":
-        AuditRecord.objects.bulk_create(records)
-        AuditHead.objects.filter(pk=1).update(seq=records[-1].seq, hash=records[-1].hash)
-        return
-    # SQLite: the statements without the ORM's per-call compiling (the embedded default
-    # writes every call's records this way); as many rows per INSERT as its limit on
-    # parameters allows.
     table, head = _tables()
+    # As many rows per INSERT as the backend takes parameters (SQLite limits them).
+    batch = database.ops.bulk_batch_size(AuditRecord._meta.concrete_fields, records)
     with database.cursor() as cursor:
-        for first in range(0, len(records), _SQLITE_ROWS):
-            columns, values, params = _values(records[first : first + _SQLITE_ROWS], casts=False)
+        for first in range(0, len(records), batch):
+            columns, values, params = _values(records[first : first + batch], casts=False)
             cursor.execute(f"INSERT INTO {table} ({columns}) VALUES {values}", params)  # noqa: S608
         cursor.execute(
             f"UPDATE {head} SET seq = %s, hash = %s WHERE id = 1",  # noqa: S608
@@ -104,17 +98,14 @@ def _insert_and_move_head(records: list[AuditRecord]) -> None:
         )
 
 
-# SQLite takes at most 32,766 parameters per statement; an audit record has 29.
-_SQLITE_ROWS = 1000
-
-
 def head_statement() -> str:
-    """The chain head's sequence number and hash, locked until the transaction ends: on
-    Postgres by the row lock taken here, on SQLite by the write lock that the
-    transaction took when it began (Django begins them IMMEDIATE, see settings)."""
+    """The chain head's sequence number and hash, locked until the transaction ends: where
+    the database has row locks (Postgres) by the lock taken here, on SQLite by the write
+    lock that the transaction took when it began (Django begins them IMMEDIATE, see
+    settings)."""
     database = connections[AuditHead.objects.db]
     table = database.ops.quote_name(AuditHead._meta.db_table)
-    lock = " FOR UPDATE" if database.vendor == "postgresql" else ""
+    lock = " FOR UPDATE" if database.features.has_select_for_update else ""
     return f"SELECT seq, hash FROM {table} WHERE id = 1{lock}"  # noqa: S608
 
 
