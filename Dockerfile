@@ -18,4 +18,4 @@ COPY . .
 USER gateway
 EXPOSE 8000
 # One ASGI process per container; scale with more containers behind a load balancer.
-CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "--proxy-headers", "mcpgw.asgi:application"]
+CMD ["daphne", "-e", "tcp:port=8000:interface=0.0.0.0:backlog=2048", "--proxy-headers", "mcpgw.asgi:application"]

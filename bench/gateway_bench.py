@@ -465,7 +465,10 @@ class Site:
                 command = [sys.executable, "-m", "bench.counting_gateway"]
             else:
                 command = [sys.executable, "-m", "daphne"]
-            command += ["-b", HOST, "-p", str(port), "mcpgw.asgi:application"]
+            # The listen queue that `make run` and the Dockerfile give daphne (Twisted's
+            # default of 50 drops connections opened in a burst).
+            command += ["-e", f"tcp:port={port}:interface={HOST}:backlog=2048"]
+            command += ["mcpgw.asgi:application"]
         with open(log, "wb") as handle:
             process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
                 command, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT

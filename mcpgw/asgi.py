@@ -1,12 +1,16 @@
 """ASGI entry point: /mcp/ goes to the gateway's data path, everything else to Django.
 
-Run in production with: daphne -b 0.0.0.0 -p 8000 mcpgw.asgi:application
+Run in production with:
+    daphne -e tcp:port=8000:interface=0.0.0.0:backlog=2048 mcpgw.asgi:application
+(a listen queue of 2048, not Twisted's 50: see the README's "Production").
 """
 
+import asyncio
 import gc
 import os
 import re
 
+from django.conf import settings
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mcpgw.settings")
@@ -31,6 +35,8 @@ gc.collect()
 gc.freeze()
 
 console_app = ASGIStaticFilesHandler(django_asgi_app)
+# Console, API and /healthz requests served at once (see CONSOLE_MAX_CONCURRENT_REQUESTS).
+console_slots = asyncio.Semaphore(settings.CONSOLE_MAX_CONCURRENT_REQUESTS)
 
 
 SSE_PATH = re.compile(r"^/mcp/(?P<slug>[a-z0-9][a-z0-9-]{0,63})/(?P<part>sse|messages)/?$")
@@ -54,7 +60,8 @@ async def http_app(scope, receive, send):  # type: ignore[no-untyped-def]
         else:
             await mcp_app(scope, receive, send)
     else:
-        await console_app(scope, receive, send)
+        async with console_slots:
+            await console_app(scope, receive, send)
 
 
 async def websocket_app(scope, receive, send):  # type: ignore[no-untyped-def]

@@ -171,7 +171,11 @@ if DATABASE_URL:
     DATABASES = {
         "default": dj_database_url.parse(
             DATABASE_URL,
-            conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 600),
+            # Under ASGI each console request runs in a thread of its own, and a
+            # connection kept past the request outlives its thread until the collector
+            # finds it: connections piled up past max_connections in a burst. Django
+            # advises against persistent connections under ASGI.
+            conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0),
             conn_health_checks=True,
         )
     }
@@ -191,6 +195,11 @@ else:
         }
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# Under ASGI, Django runs each console, API or /healthz request's synchronous code in a
+# thread of its own, with a database connection of its own. A burst of such requests
+# would open connections past the database's limit (Postgres: "too many clients", a 500);
+# beyond this many at once in one process, requests wait their turn instead.
+CONSOLE_MAX_CONCURRENT_REQUESTS = env_int("CONSOLE_MAX_CONCURRENT_REQUESTS", 16, minimum=1)
 
 REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL:

@@ -26,6 +26,9 @@ os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
+# The listen queue every way of serving the gateway gives daphne (Makefile, Dockerfile,
+# docker-compose.yml): Twisted's default of 50 drops connections opened in a burst.
+LISTEN_BACKLOG = 2048
 
 
 def free_port() -> int:
@@ -136,10 +139,8 @@ def start_gateway(tmp_path: Path, **env_overrides: str) -> Server:
             sys.executable,
             "-m",
             "daphne",
-            "-b",
-            "127.0.0.1",
-            "-p",
-            str(port),
+            "-e",
+            f"tcp:port={port}:interface=127.0.0.1:backlog={LISTEN_BACKLOG}",
             "mcpgw.asgi:application",
         ],
         cwd=ROOT,
