@@ -87,16 +87,16 @@ import json
 import re
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from functools import cache
-from typing import Protocol
+from functools import cache, lru_cache
+from typing import NamedTuple, Protocol
 
 import phonenumbers
 import re2
 
 
-@dataclass(frozen=True, slots=True)
-class Finding:
+class Finding(NamedTuple):
+    # A tuple: made for every value found, and a frozen dataclass's __init__ costs several
+    # times as much.
     start: int
     end: int
     entity: str
@@ -116,6 +116,14 @@ _ALNUM_BYTES = frozenset(map(ord, _ALNUM))  # the same characters as items of a 
 _NON_DIGITS = re.compile(r"[^0-9]")
 # "NL91 ABNA 0417 1643 00": digits that end a grouped account number are not a phone or card
 _GROUPED_ACCOUNT_BEFORE = re.compile(r"[A-Z]{2}[0-9]{2}(?: [A-Z0-9]{4})+ \Z")
+
+
+def _after_grouped_account(text: str, start: int) -> bool:
+    # Its country code and check digits are AA00 on the shape: most texts have none near.
+    low = max(0, start - 48)
+    return _views(text).shape.find(b"AA00", low, start) != -1 and bool(
+        _GROUPED_ACCOUNT_BEFORE.search(text, low, start)
+    )
 
 
 _SHAPE_TABLE = bytes.maketrans(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"0" * 10 + b"A" * 26)
@@ -343,7 +351,9 @@ class EmailDetector:
             start += 1
         if start == at or text[at - 1] == "." or ".." in text[start:at]:
             return None
-        if start > 0 and _URL_USERINFO_BEFORE.search(text, max(0, start - 260), start):
+        if text.rfind("://", max(0, start - 260), start) != -1 and _URL_USERINFO_BEFORE.search(
+            text, max(0, start - 260), start
+        ):
             return None  # ssh://git@host, scheme://user:password@host: userinfo, not an address
         domain = _EMAIL_DOMAIN.match(text, at + 1)
         if domain is None or domain.group(1).lower() in _FILE_EXTENSIONS:
@@ -410,6 +420,23 @@ _FRENCH_ANCHOR = re.compile(  # found where b"00-00-00-00" is on the joined shap
     rb"00(?P<s>[ .\-])00(?P=s)00(?P=s)00"
     rb"(?:(?<=[^\w\-.+/]00[ .\-]00[ .\-]00[ .\-]00)|(?<=^00[ .\-]00[ .\-]00[ .\-]00))"
 )
+# An anchor inside a run of thirteen or more digits in groups (4111 1111 1111 1111 on the
+# joined shape): longer than any national number. A match takes in the whole run (it can
+# neither start after a digit and a separator nor end before one), so no phone is found
+# there; one written with + is found from the window of its + anchor.
+_RUN_AFTER = re.compile(rb"(?:-?0)+")
+_RUN_BEFORE = re.compile(rb"(?:0-?)+\Z")
+
+
+def _in_too_long_a_run(joined: bytes, position: int) -> bool:
+    after = _RUN_AFTER.match(joined, position)
+    digits = after.group().count(b"0") if after else 0
+    if digits < 13:
+        before = _RUN_BEFORE.search(joined, max(0, position - 24), position)
+        digits += before.group().count(b"0") if before else 0
+    return digits >= 13
+
+
 # A bare number is a whole run of ten or eleven digits, not after a word character (on the
 # shape: a lower-case letter, A, 0 or _), - or +.
 _BARE_PHONE_REJECT_BEFORE = frozenset(b"abcdefghijklmnopqrstuvwxyzA0_-+")
@@ -537,6 +564,7 @@ class PhoneDetector:
         windows += [
             (position - 8, position + 36)
             for position in _matches_at(_NANP_ANCHOR, shape, views.group_pairs)
+            if not _in_too_long_a_run(joined, position)
         ]
         if views.may_contain("french"):
             french = _literal_hits(joined, (b"00-00-00-00",), overlapping=True)
@@ -583,7 +611,7 @@ class PhoneDetector:
             or _DOTTED_QUAD.match(core)
             or _SSN_SHAPE.match(core)
             or _ZIP_PLUS_4.match(core)
-            or _GROUPED_ACCOUNT_BEFORE.search(text, max(0, start - 48), start)
+            or _after_grouped_account(text, start)
         ):
             return False
         if trunk:
@@ -617,12 +645,14 @@ _CARD_CONTEXT = re.compile(  # on the lower-case view
 )
 
 
-_LUHN_DOUBLED = {str(d): (2 * d) % 10 + (2 * d) // 10 for d in range(10)}
+# Each digit doubled, its two digits added: 5 -> 10 -> 1.
+_LUHN_DOUBLED = bytes.maketrans(b"0123456789", b"0246813579")
 
 
 def luhn_valid(digits: str) -> bool:
-    """digits: ASCII digits only."""
-    total = sum(map(int, digits[-1::-2])) + sum(map(_LUHN_DOUBLED.__getitem__, digits[-2::-2]))
+    """digits: ASCII digits only. Summed as bytes (ASCII codes, 48 over each digit)."""
+    b = digits.encode()
+    total = sum(b[-1::-2]) + sum(b[-2::-2].translate(_LUHN_DOUBLED)) - 48 * len(b)
     return total % 10 == 0
 
 
@@ -636,7 +666,11 @@ _CARD_LENGTHS = {
 
 def _card_scheme_ok(d: str) -> bool:
     """Does the number's prefix belong to a card scheme that issues this length?"""
-    n = len(d)
+    return _scheme_issues(d[:4], len(d))
+
+
+@lru_cache(maxsize=4096)
+def _scheme_issues(d: str, n: int) -> bool:
     if n not in _CARD_LENGTHS.get(d[0], ()):
         return False
     if d[0] == "1":  # UATP (no other scheme starts with 1)
@@ -705,7 +739,7 @@ class PaymentCardDetector:
             if len(digits) == 12 and end - start == 12:
                 if not _CARD_CONTEXT.search(views.lower[max(0, start - 32) : start]):
                     continue
-            if _GROUPED_ACCOUNT_BEFORE.search(text, max(0, start - 48), start):
+            if _after_grouped_account(text, start):
                 continue
             resume = end
             yield Finding(start, end, self.entity, self.name)

@@ -211,6 +211,26 @@ def test_scan_resolves_overlaps_longer_first_then_detector_order() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("text", "card", "phone"),
+    [
+        (
+            "card 4111 1111 1111 1111 or call 1-800-555-0199",
+            "4111 1111 1111 1111",
+            "1-800-555-0199",
+        ),
+        ("4111 1111 1111 1111\n1-800-555-0199", "4111 1111 1111 1111", "1-800-555-0199"),
+        ("5555 5555 5555 4444, (415) 555-2671", "5555 5555 5555 4444", "(415) 555-2671"),
+        ("pan 4111 1111 1111 1111 tel +44 20 7946 0958", "4111 1111 1111 1111", "+44 20 7946 0958"),
+        ("3782 822463 10005; 020 7946 0958", "3782 822463 10005", "020 7946 0958"),
+    ],
+)
+def test_phone_numbers_beside_card_numbers_are_found(text: str, card: str, phone: str) -> None:
+    # The phone detector skips the digit groups of a card number (too long for a phone
+    # number) without skipping a phone number next to it.
+    assert found(text) == [("CARD", card), ("PHONE", phone)]
+
+
 def test_scan_fast_path_returns_nothing_for_plain_text() -> None:
     assert scan("", ALL) == []
     assert scan("ok", ALL) == []
