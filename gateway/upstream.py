@@ -13,9 +13,12 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import aiohttp
+import yarl
+from aiohttp.helpers import get_env_proxy_for_url
 from django.conf import settings
 
 from . import jsonrpc, protocol, sse
@@ -165,6 +168,18 @@ class Reply:
             on_close()
 
 
+@lru_cache(maxsize=1024)
+def _proxy(url: str) -> tuple[yarl.URL | None, aiohttp.BasicAuth | None]:
+    """The proxy that HTTP_PROXY, HTTPS_PROXY and NO_PROXY (upper or lower case) name for
+    `url`, as for any HTTP client of the host, and its credentials. Looked up once per URL:
+    the environment of the process does not change. (aiohttp's `trust_env` would look it
+    up, and ~/.netrc, in a worker thread for every request.)"""
+    try:
+        return get_env_proxy_for_url(yarl.URL(url))
+    except LookupError:
+        return None, None
+
+
 def describe(exc: BaseException) -> str:
     """The first line of an error, short enough for a message to an agent."""
     text = str(exc) or type(exc).__name__
@@ -226,9 +241,9 @@ class Upstream(DetectsEra):
             # connection each: they get a pool of their own, so that any number of idle
             # listeners can never starve calls of connections.
             connector = aiohttp.TCPConnector(limit=0, force_close=True)
-        # trust_env: HTTP_PROXY, HTTPS_PROXY and NO_PROXY apply, as for any HTTP client of
-        # the host; certificates are checked against the system's store (or SSL_CERT_FILE).
-        client = aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=True)
+        # Certificates are checked against the system's store (or SSL_CERT_FILE); the
+        # proxy from the environment is given per request (`_proxy`).
+        client = aiohttp.ClientSession(connector=connector, timeout=timeout)
         self._clients[kind] = loop, client
         return client
 
@@ -272,8 +287,15 @@ class Upstream(DetectsEra):
         if counted:
             self._open += 1
         try:
+            proxy, proxy_auth = _proxy(self.url)
             response = await client.request(
-                method, self.url, data=body, headers=headers, allow_redirects=False
+                method,
+                self.url,
+                data=body,
+                headers=headers,
+                allow_redirects=False,
+                proxy=proxy,
+                proxy_auth=proxy_auth,
             )
         except BaseException as exc:
             if counted:

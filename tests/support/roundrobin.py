@@ -8,7 +8,8 @@ byte, with nothing added or removed. A request body is read whole before it is s
 they arrive (chunk by chunk for Server-Sent Events), never buffered; a `101 Switching
 Protocols` answer turns the connection into a tunnel (WebSocket). When the client goes away in
 the middle of a response, the backend connection is closed too, as a load balancer
-does. `route` may pin requests: it returns a key for the requests to pin (the same key
+does. As an HTTP forward proxy, it sends a request for an absolute URL on to its backend
+in origin form. `route` may pin requests: it returns a key for the requests to pin (the same key
 always reaches the same backend) or None for round robin.
 
 Every request is recorded as a `Hit` (backend, method, target, headers, body, status),
@@ -284,6 +285,13 @@ class RoundRobinProxy:
                 request_line, headers = _parse_head(head)
                 method, target, version = request_line.split(" ", 2)
                 hit = Hit(backend=-1, method=method, target=target, headers=headers)
+                if target.startswith("http://"):
+                    # A client using this as its HTTP proxy sends the absolute URL; sent
+                    # on in origin form (/path), as a forward proxy does.
+                    path = "/" + target.split("/", 3)[3] if target.count("/") >= 3 else "/"
+                    head = head.replace(
+                        request_line.encode(), f"{method} {path} {version}".encode(), 1
+                    )
                 if "chunked" in _tokens(headers.get("transfer-encoding")):
                     raw_body = None
                 else:
