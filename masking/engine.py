@@ -141,15 +141,19 @@ class Masker:
         findings = scan(text, self.detectors)
         if not findings:
             return text
+        # A result may hold hundreds of values: the loop stays lean, and the report is
+        # counted once per detector.
+        rule_of, replacement = self._rule_of, self.replacement
         parts: list[str] = []
+        append = parts.append
         position = 0
-        for finding in findings:
-            rule = self._rule_of[finding.detector]
-            parts.append(text[position : finding.start])
-            parts.append(self.replacement(rule, text[finding.start : finding.end]))
-            report.add(rule)
-            position = finding.end
-        parts.append(text[position:])
+        for start, end, _entity, detector in findings:
+            append(text[position:start])
+            append(replacement(rule_of[detector], text[start:end]))
+            position = end
+        append(text[position:])
+        for detector, count in Counter(finding.detector for finding in findings).items():
+            report.counts[rule_of[detector].name] += count
         return "".join(parts)
 
     def mask_json(self, value: Any, report: Report, schema: Any = None, depth: int = 0) -> Any:
