@@ -28,34 +28,32 @@ def proxy(demo_upstream: Server) -> Iterator[RoundRobinProxy]:
         yield forward_proxy
 
 
-def gateway_with(tmp_path: Path, **env: str) -> Server:
-    # Both spellings, so that one left in the test's own environment cannot interfere.
+async def add_through_a_gateway(tmp_path: Path, upstream: Server, **env: str) -> None:
+    """A gateway started with `env` (both spellings of each variable, so that one left in
+    the test's own environment cannot interfere) calls the upstream's add tool."""
+    add_connection("proxied", upstream.url)
     env = {**env, **{name.lower(): value for name, value in env.items()}}
-    return start_gateway(tmp_path, **env)
-
-
-async def call_add(gateway: Server) -> dict:
-    url = f"{gateway.url}/mcp/proxied"
-    async with httpx.AsyncClient(timeout=30) as http:
-        headers = await raw_initialize(http, url, issue_token("alice"))
-        response = await http.post(url, headers=headers, json=ADD)
+    gateway = start_gateway(tmp_path, **env)
+    try:
+        url = f"{gateway.url}/mcp/proxied"
+        async with httpx.AsyncClient(timeout=30) as http:
+            headers = await raw_initialize(http, url, issue_token("alice"))
+            response = await http.post(url, headers=headers, json=ADD)
+    finally:
+        stop(gateway.process)
     assert response.status_code == 200, response.text
     if response.headers["content-type"].startswith("text/event-stream"):
         events = [line[5:] for line in response.text.splitlines() if line.startswith("data:")]
-        return json.loads(events[-1])
-    return response.json()
+        answer = json.loads(events[-1])
+    else:
+        answer = response.json()
+    assert answer["result"]["structuredContent"] == {"result": 5}, answer
 
 
 async def test_calls_go_through_the_proxy_the_environment_names(
     alice, demo_upstream, proxy, tmp_path
 ):
-    add_connection("proxied", demo_upstream.url)
-    gateway = gateway_with(tmp_path, HTTP_PROXY=proxy.url, NO_PROXY="")
-    try:
-        answer = await call_add(gateway)
-    finally:
-        stop(gateway.process)
-    assert answer["result"]["structuredContent"] == {"result": 5}, answer
+    await add_through_a_gateway(tmp_path, demo_upstream, HTTP_PROXY=proxy.url, NO_PROXY="")
     # Every request to the upstream (initialize, the notification, the call) went through
     # the proxy, for the upstream's absolute URL.
     targets = [hit.target for hit in proxy.hits()]
@@ -65,11 +63,5 @@ async def test_calls_go_through_the_proxy_the_environment_names(
 
 
 async def test_no_proxy_reaches_the_upstream_directly(alice, demo_upstream, proxy, tmp_path):
-    add_connection("proxied", demo_upstream.url)
-    gateway = gateway_with(tmp_path, HTTP_PROXY=proxy.url, NO_PROXY="127.0.0.1")
-    try:
-        answer = await call_add(gateway)
-    finally:
-        stop(gateway.process)
-    assert answer["result"]["structuredContent"] == {"result": 5}, answer
+    await add_through_a_gateway(tmp_path, demo_upstream, HTTP_PROXY=proxy.url, NO_PROXY="127.0.0.1")
     assert proxy.hits() == []
