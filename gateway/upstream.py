@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -186,6 +187,18 @@ def describe(exc: BaseException) -> str:
     return text.splitlines()[0][:200]
 
 
+def _why_unreachable(exc: aiohttp.ClientError) -> str:
+    """aiohttp's own words, without the "ssl:default" it adds for plain HTTP, where they are
+    about failing to connect or to resolve the host."""
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return f"the host name {exc.host} does not resolve"
+    if type(exc) is aiohttp.ClientConnectorError:
+        code = exc.os_error.errno
+        reason = os.strerror(code).lower() if code else describe(exc.os_error)
+        return f"cannot connect to {exc.host}:{exc.port} ({reason})"
+    return describe(exc)
+
+
 @dataclass(slots=True)
 class LegacySession:
     """A legacy-era session the gateway holds with the upstream."""
@@ -354,7 +367,7 @@ class Upstream(DetectsEra):
             self.forget_era()
             return UpstreamFailure(
                 jsonrpc.UPSTREAM_UNAVAILABLE,
-                f"upstream {self.name} is unreachable: {describe(exc)}",
+                f"upstream {self.name} is unreachable: {_why_unreachable(exc)}",
             )
         return None
 

@@ -191,7 +191,8 @@ def test_unsupported_http_method_gets_405(setup):
 
 
 def test_unreachable_upstream_is_a_json_rpc_error(alice, gateway):
-    add_connection("down", f"http://127.0.0.1:{free_port()}/mcp")
+    port = free_port()
+    add_connection("down", f"http://127.0.0.1:{port}/mcp")
     headers = {**MODERN_HEADERS, "Authorization": f"Bearer {issue_token('alice')}"}
     started = time.monotonic()
     response = post(f"{gateway.url}/mcp/down", headers, MODERN_CALL)
@@ -199,7 +200,21 @@ def test_unreachable_upstream_is_a_json_rpc_error(alice, gateway):
     assert response.status_code == 200
     error = response.json()["error"]
     assert error["code"] == -32010
-    assert "upstream down is unreachable" in error["message"]
+    assert error["message"] == (
+        f"upstream down is unreachable: cannot connect to 127.0.0.1:{port} (connection refused)"
+    )
+
+
+def test_upstream_whose_host_does_not_resolve_is_a_json_rpc_error(alice, gateway):
+    # .invalid never resolves (RFC 6761).
+    add_connection("nowhere", "http://mcp.no-such-host.invalid/mcp")
+    headers = {**MODERN_HEADERS, "Authorization": f"Bearer {issue_token('alice')}"}
+    response = post(f"{gateway.url}/mcp/nowhere", headers, MODERN_CALL)
+    error = response.json()["error"]
+    assert error["code"] == -32010
+    assert error["message"] == (
+        "upstream nowhere is unreachable: the host name mcp.no-such-host.invalid does not resolve"
+    )
 
 
 def test_slow_upstream_times_out_with_a_json_rpc_error(setup):
