@@ -351,9 +351,8 @@ class EmailDetector:
             start += 1
         if start == at or text[at - 1] == "." or ".." in text[start:at]:
             return None
-        if text.rfind("://", max(0, start - 260), start) != -1 and _URL_USERINFO_BEFORE.search(
-            text, max(0, start - 260), start
-        ):
+        low = max(0, start - 260)
+        if text.rfind("://", low, start) != -1 and _URL_USERINFO_BEFORE.search(text, low, start):
             return None  # ssh://git@host, scheme://user:password@host: userinfo, not an address
         domain = _EMAIL_DOMAIN.match(text, at + 1)
         if domain is None or domain.group(1).lower() in _FILE_EXTENSIONS:

@@ -84,8 +84,8 @@ class Report:
 
     counts: Counter[str] = field(default_factory=Counter)
 
-    def add(self, rule: Rule) -> None:
-        self.counts[rule.name] += 1
+    def add(self, rule: Rule, times: int = 1) -> None:
+        self.counts[rule.name] += times
 
     @property
     def total(self) -> int:
@@ -152,8 +152,8 @@ class Masker:
             append(replacement(rule_of[detector], text[start:end]))
             position = end
         append(text[position:])
-        for detector, count in Counter(finding.detector for finding in findings).items():
-            report.counts[rule_of[detector].name] += count
+        for detector, times in Counter(finding.detector for finding in findings).items():
+            report.add(rule_of[detector], times)
         return "".join(parts)
 
     def mask_json(self, value: Any, report: Report, schema: Any = None, depth: int = 0) -> Any:

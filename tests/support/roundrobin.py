@@ -9,8 +9,8 @@ they arrive (chunk by chunk for Server-Sent Events), never buffered; a `101 Swit
 Protocols` answer turns the connection into a tunnel (WebSocket). When the client goes away in
 the middle of a response, the backend connection is closed too, as a load balancer
 does. As an HTTP forward proxy, it sends a request for an absolute URL on to its backend
-in origin form. `route` may pin requests: it returns a key for the requests to pin (the same key
-always reaches the same backend) or None for round robin.
+in origin form. `route` may pin requests: it returns a key for the requests to pin (the
+same key always reaches the same backend) or None for round robin.
 
 Every request is recorded as a `Hit` (backend, method, target, headers, body, status),
 so a test can see which process served what, including a request still in flight.
