@@ -119,9 +119,12 @@ _GROUPED_ACCOUNT_BEFORE = re.compile(r"[A-Z]{2}[0-9]{2}(?: [A-Z0-9]{4})+ \Z")
 
 
 def _after_grouped_account(text: str, start: int) -> bool:
-    # Its country code and check digits are AA00 on the shape: most texts have none near.
+    # Its country code and check digits are AA00 on the shape: most texts have none.
+    views = _views(text)
+    if not views.accounts:
+        return False
     low = max(0, start - 48)
-    return _views(text).shape.find(b"AA00", low, start) != -1 and bool(
+    return views.shape.find(b"AA00", low, start) != -1 and bool(
         _GROUPED_ACCOUNT_BEFORE.search(text, low, start)
     )
 
@@ -130,6 +133,8 @@ _SHAPE_TABLE = bytes.maketrans(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"0" * 1
 # The shape with every number separator (space, dot, dash) written as a dash, so that
 # "415 555", "415.555" and "415-555" are all found with one literal search for b"000-000".
 _JOINED_TABLE = bytes.maketrans(b" .", b"--")
+_EMAIL_LOCAL_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._%+-"
+_LOCAL_TABLE = bytes(ord("L") if byte in _EMAIL_LOCAL_BYTES else ord(" ") for byte in range(256))
 _LONG_RUN = re.compile(rb"000000000+")
 
 
@@ -199,8 +204,8 @@ class _Views:
     """
 
     __slots__ = (
-        "_ascii", "_group_pairs", "_joined", "_long_runs", "_lower", "_shape", "present",
-        "text",
+        "_accounts", "_ascii", "_group_pairs", "_joined", "_local", "_long_runs", "_lower",
+        "_shape", "present", "text",
     )  # fmt: skip
 
     def __init__(self, text: str) -> None:
@@ -209,6 +214,8 @@ class _Views:
         self._shape: bytes | None = None
         self._joined: bytes | None = None
         self._lower: bytes | None = None
+        self._local: bytes | None = None
+        self._accounts: bool | None = None
         self._long_runs: list[tuple[int, int]] | None = None
         self._group_pairs: list[int] | None = None
         # The names of the `_TRIGGERS` in the text, once `find_triggers` has run.
@@ -246,6 +253,21 @@ class _Views:
         if self._lower is None:
             self._lower = self.ascii.lower()
         return self._lower
+
+    @property
+    def local(self) -> bytes:
+        """The text with every character that may be in an e-mail address's local part as
+        L and every other as a space."""
+        if self._local is None:
+            self._local = self.ascii.translate(_LOCAL_TABLE)
+        return self._local
+
+    @property
+    def accounts(self) -> bool:
+        """Whether the shape holds AA00 anywhere, as every grouped account number does."""
+        if self._accounts is None:
+            self._accounts = b"AA00" in self.shape
+        return self._accounts
 
     # Positions shared by the digit-based detectors: each list costs one search of the text.
 
@@ -309,7 +331,6 @@ def _distinct_enough(value: str, minimum: int = 6) -> bool:
 # ---------------------------------------------------------------------------------------
 # email
 
-_EMAIL_LOCAL_CHARS = _ALNUM | set("._%+-")
 _EMAIL_DOMAIN = re.compile(
     r"(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.){1,8}([A-Za-z]{2,24})(?![A-Za-z0-9\-])"
 )
@@ -327,8 +348,12 @@ class EmailDetector:
 
     def find(self, text: str) -> Iterator[Finding]:
         at = text.find("@")
+        if at == -1:
+            return
+        local = _views(text).local
+        urls = "://" in text
         while at != -1:
-            end = self._match_at(text, at)
+            end = self._match_at(text, at, local, urls)
             if end:
                 start, end = end
                 yield Finding(start, end, self.entity, self.name)
@@ -337,23 +362,23 @@ class EmailDetector:
                 at = text.find("@", at + 1)
 
     @staticmethod
-    def _match_at(text: str, at: int) -> tuple[int, int] | None:
-        # The local part: the run of local-part characters before the @, at most 64.
-        floor = max(0, at - 64)
-        start = at
-        while start > floor and text[start - 1] in _EMAIL_LOCAL_CHARS:
-            start -= 1
-        if start == at:
+    def _match_at(text: str, at: int, local: bytes, urls: bool) -> tuple[int, int] | None:
+        # The local part: the run of local-part characters before the @, at most 64 (a run
+        # of 65 is longer: not an address).
+        low = at - 65 if at >= 65 else 0
+        start = local.rfind(b" ", low, at) + 1
+        if start == 0 and at - low == 65:
             return None
-        if start > 0 and text[start - 1] in _EMAIL_LOCAL_CHARS:
-            return None  # the local part is longer than 64 characters: not an address
         while start < at and text[start] == ".":
             start += 1
-        if start == at or text[at - 1] == "." or ".." in text[start:at]:
+        if start == at or text[at - 1] == "." or text.find("..", start, at) != -1:
             return None
-        low = max(0, start - 260)
-        if text.rfind("://", low, start) != -1 and _URL_USERINFO_BEFORE.search(text, low, start):
-            return None  # ssh://git@host, scheme://user:password@host: userinfo, not an address
+        if urls:
+            low = max(0, start - 260)
+            if text.rfind("://", low, start) != -1 and _URL_USERINFO_BEFORE.search(
+                text, low, start
+            ):
+                return None  # ssh://git@host, scheme://user:password@host: userinfo
         domain = _EMAIL_DOMAIN.match(text, at + 1)
         if domain is None or domain.group(1).lower() in _FILE_EXTENSIONS:
             return None
@@ -731,8 +756,8 @@ class PaymentCardDetector:
             start, end = match.span()
             if run_end:
                 digits = text[start:end]
-            else:
-                digits = _NON_DIGITS.sub("", text[start:end])
+            else:  # digits and the separators space or -, as the match on the shape tells
+                digits = text[start:end].replace(" ", "").replace("-", "")
                 if not _card_digits_ok(digits):
                     continue
             if len(digits) == 12 and end - start == 12:

@@ -231,6 +231,17 @@ def test_phone_numbers_beside_card_numbers_are_found(text: str, card: str, phone
     assert found(text) == [("CARD", card), ("PHONE", phone)]
 
 
+@pytest.mark.parametrize("before", ["", " ", "é", "x y ", "("])
+def test_email_local_part_is_at_most_64_characters(before: str) -> None:
+    # RFC 5321's limit: 64 characters before the @ are an address, 65 are not one (and no
+    # 64 of them are taken as one), wherever the run starts.
+    for length in (1, 63, 64):
+        local = "a" * (length - 1) + "b"
+        assert found(f"{before}{local}@example.com", "email") == [("EMAIL", f"{local}@example.com")]
+    assert found(f"{before}{'a' * 65}@example.com", "email") == []
+    assert found(f"{before}.{'a' * 64}@example.com", "email") == []
+
+
 def test_scan_fast_path_returns_nothing_for_plain_text() -> None:
     assert scan("", ALL) == []
     assert scan("ok", ALL) == []
