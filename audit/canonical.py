@@ -54,14 +54,14 @@ _encode_plain = json.JSONEncoder(
 def canonical(value: Any) -> bytes:
     """RFC 8785 bytes of a JSON value.
 
-    Parts without floats (floats need ECMAScript number formatting) whose keys sort alike
-    by code point and by UTF-16 code unit go through the C JSON encoder, which gives the
-    same bytes as RFC 8785 at a fraction of the cost: both escape only `"`, `\\` and
-    control characters (`\\b \\t \\n \\f \\r` short, the rest as lowercase
+    Parts whose floats need no ECMAScript number formatting (see `_plain`) and whose keys
+    sort alike by code point and by UTF-16 code unit go through the C JSON encoder, which
+    gives the same bytes as RFC 8785 at a fraction of the cost: both escape only `"`, `\\`
+    and control characters (`\\b \\t \\n \\f \\r` short, the rest as lowercase
     `\\u00xx`) and write everything else as UTF-8. Objects and arrays around other parts
-    are joined here, floats formatted by the reference implementation; anything RFC 8785
-    refuses (lone surrogates, integers beyond 2^53, non-finite floats) goes to the
-    reference implementation whole, for its error.
+    are joined here, other floats formatted by the reference implementation; anything
+    RFC 8785 refuses (lone surrogates, integers beyond 2^53, non-finite floats) goes to
+    the reference implementation whole, for its error.
     """
     try:
         return _canonical(value)
@@ -99,9 +99,17 @@ def _plain(value: Any) -> bool:
     if isinstance(value, str) or value is None or value is True or value is False:
         return True
     if isinstance(value, dict):
-        for key, item in value.items():
-            if type(key) is not str or (key and max(key) >= _SAME_ORDER_BELOW):
-                return False
+        # The keys at once (a key that is not a string fails the join), then the values,
+        # strings and literals without a call.
+        try:
+            keys = "".join(value)
+        except TypeError:
+            return False
+        if keys and max(keys) >= _SAME_ORDER_BELOW:
+            return False
+        for item in value.values():
+            if item is None or item is True or item is False or isinstance(item, str):
+                continue
             if not _plain(item):
                 return False
         return True
@@ -109,7 +117,19 @@ def _plain(value: Any) -> bool:
         return all(_plain(item) for item in value)
     if type(value) is int:
         return -SAFE_INTEGER <= value <= SAFE_INTEGER
+    if type(value) is float:
+        # Python's repr (which the C encoder writes) and ECMAScript's number formatting
+        # both give the shortest digits that read back as the same float; between 1e-4
+        # and 1e16 both write them without an exponent. Only whole numbers differ (12.0
+        # against 12), so those, and the rest, go to the reference implementation.
+        return _REPR_IS_ECMASCRIPT_LOW <= abs(value) < _REPR_IS_ECMASCRIPT_HIGH and (
+            not value.is_integer()
+        )
     return False
+
+
+_REPR_IS_ECMASCRIPT_LOW = 1e-4
+_REPR_IS_ECMASCRIPT_HIGH = 1e16
 
 
 def chain_hash(prev_hash: str, body: dict[str, Any]) -> str:

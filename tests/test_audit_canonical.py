@@ -4,6 +4,7 @@ Record hashes are computed over these bytes, and anyone verifying an exported tr
 another RFC 8785 implementation must get the same hashes.
 """
 
+import math
 import random
 
 import pytest
@@ -101,8 +102,29 @@ def test_a_typical_record_takes_the_fast_path() -> None:
     )
     assert _plain(body)
     assert canonical(body) == rfc8785.dumps(body)
-    # An outcome record carries its latency, a float: only that value is formatted by the
-    # reference implementation, the rest is joined around it.
-    outcome = {**body, "kind": "call_outcome", "latency_ms": 12.345, "ratio": 1e21}
-    assert not _plain(outcome)
-    assert _canonical(outcome) == rfc8785.dumps(outcome)
+    # An outcome record carries its latency, a float that Python writes as RFC 8785 does.
+    outcome = {**body, "kind": "call_outcome", "latency_ms": 12.345}
+    assert _plain(outcome)
+    assert canonical(outcome) == rfc8785.dumps(outcome)
+    # A float that RFC 8785 writes otherwise (1e+21, 3 for 3.0) is formatted by the
+    # reference implementation, and the rest is joined around it.
+    for other in (1e21, 3.0):
+        outcome["ratio"] = other
+        assert not _plain(outcome)
+        assert _canonical(outcome) == rfc8785.dumps(outcome)
+
+
+def test_floats_match_rfc8785_byte_for_byte() -> None:
+    # Random floats of every magnitude where the fast path begins and ends, whole and not,
+    # and floats one step away from the limits.
+    rng = random.Random(754)
+    values = [1e-4, 1e16, math.nextafter(1e-4, 0), math.nextafter(1e16, 0), 0.1 + 0.2, 5e-324]
+    for _ in range(50_000):
+        magnitude = 10.0 ** rng.uniform(-8, 22)
+        value = rng.choice([magnitude, -magnitude, float(round(magnitude)), rng.random()])
+        values.append(value)
+    fast = 0
+    for value in values:
+        assert canonical([value]) == rfc8785.dumps([value]), repr(value)
+        fast += _plain(value)
+    assert fast > 10_000
