@@ -11,6 +11,8 @@ from django.conf import settings
 from django.db import connections, transaction
 from django.utils.timezone import now
 
+from mcpgw.db import backend
+
 from . import checkpoints
 from .canonical import GENESIS_HASH, storable
 from .models import HASHED_FIELDS, AuditHead, AuditRecord, record_hash
@@ -103,7 +105,7 @@ def head_statement() -> str:
     the database has row locks (Postgres) by the lock taken here, on SQLite by the write
     lock that the transaction took when it began (Django begins them IMMEDIATE, see
     settings)."""
-    database = connections[AuditHead.objects.db]
+    database = backend(AuditHead.objects.db)
     table = database.ops.quote_name(AuditHead._meta.db_table)
     lock = " FOR UPDATE" if database.features.has_select_for_update else ""
     return f"SELECT seq, hash FROM {table} WHERE id = 1{lock}"  # noqa: S608
@@ -148,13 +150,13 @@ def written_statement() -> str:
 
 
 def _tables() -> tuple[str, str]:
-    quote = connections[AuditRecord.objects.db].ops.quote_name
+    quote = backend(AuditRecord.objects.db).ops.quote_name
     return quote(AuditRecord._meta.db_table), quote(AuditHead._meta.db_table)
 
 
 def _values(records: list[AuditRecord], *, casts: bool) -> tuple[str, str, list[Any]]:
     """The column list, the VALUES rows and their parameters for inserting `records`."""
-    database = connections[AuditRecord.objects.db]
+    database = backend(AuditRecord.objects.db)
     columns, row = _columns_and_row(casts)
     params: list[Any] = [
         f.get_db_prep_save(getattr(record, f.attname), database)
@@ -171,7 +173,7 @@ def _columns_and_row(casts: bool) -> tuple[str, str]:
     """casts: each placeholder is cast to its column's type, as rows that are selected
     rather than inserted directly need (to the unbounded type for varchar(n): a cast to
     varchar(n) would cut a value that the column must refuse)."""
-    database = connections[AuditRecord.objects.db]
+    database = backend(AuditRecord.objects.db)
     fields = AuditRecord._meta.concrete_fields
     columns = ", ".join(database.ops.quote_name(f.column) for f in fields)
     if casts:

@@ -24,9 +24,9 @@ from typing import Any
 
 import psycopg
 from asgiref.sync import sync_to_async
-from django.db import connections
 
 from mcpgw import pg
+from mcpgw.db import backend
 
 from . import chain, checkpoints
 from .models import AuditHead, AuditRecord
@@ -178,7 +178,7 @@ class GroupWriter:
         self._postgres = PostgresChain()
 
     async def _append_many(self, rows: list[dict[str, Any]]) -> list[AuditRecord]:
-        if connections[AuditHead.objects.db].vendor == "postgresql":
+        if backend(AuditHead.objects.db).vendor == "postgresql":
             return await self._postgres.append_many(rows)
         return await _append_many_in_thread(rows)
 

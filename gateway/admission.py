@@ -28,9 +28,9 @@ from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
 from django.conf import settings
-from django.db import connections
 
 from mcpgw import pg
+from mcpgw.db import backend
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def forget_all() -> None:
 
 
 def _is_postgres() -> bool:
-    return connections["default"].vendor == "postgresql"
+    return backend().vendor == "postgresql"
 
 
 class _Listener:

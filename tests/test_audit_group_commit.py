@@ -1,6 +1,7 @@
 """Group commit: records asked for together share a transaction, and nothing else changes."""
 
 import asyncio
+import gc
 from typing import Any
 
 import pytest
@@ -163,3 +164,31 @@ async def test_a_record_waits_for_a_writer_that_holds_the_head(transactions):
     result = await asyncio.to_thread(chain.verify)
     assert result.ok, result.error
     assert result.verified == 3
+
+
+def django_connection_objects() -> int:
+    from django.db.backends.base.base import BaseDatabaseWrapper
+
+    return sum(isinstance(o, BaseDatabaseWrapper) for o in gc.get_objects())
+
+
+async def test_calls_on_the_event_loop_make_no_django_connection_object_each(transactions):
+    """Django keeps one connection object per async context, so code on the event loop
+    that looks at `django.db.connections` makes a new one in every call (a dozen objects
+    in reference cycles, left for the collector's slower passes). The writer's work on the
+    loop must not: each call's records here are written from a task of its own."""
+    await writer.append(**request_fields(0))  # the writer's own connection, made once
+    gc.collect()
+    gc.disable()  # what each call makes stays countable
+    try:
+        before = django_connection_objects()
+        for n in range(1, 31):
+            await asyncio.create_task(writer.append(**request_fields(n)))
+        made = django_connection_objects() - before
+    finally:
+        gc.enable()
+    # At most one per worker thread (SQLite writes from threads), never one per call.
+    assert made < 10, made
+    result = await asyncio.to_thread(chain.verify)
+    assert result.ok, result.error
+    assert result.verified == 31
