@@ -1,8 +1,9 @@
 """What the data path reads to admit a call, kept in memory between calls.
 
-Every call needs its caller's token, the connection, the caller's grants and the
-connection's policy, and (legacy era) its session: read from the database each time,
-that is a dozen queries per call. They change rarely, so each gateway process keeps what
+Every call needs its caller's token, the connection, the caller's grants, the
+connection's policy and tool catalog, the masking rules (kept by masking/service.py with
+`keep_seconds`), and (legacy era) its session: read from the database each time, that is
+a dozen queries per call. They change rarely, so each gateway process keeps what
 it read, and forgets it the moment it changes:
 
 - on Postgres, triggers on the tables these values come from send a notification on the
@@ -94,7 +95,9 @@ POLICIES = Kept(
 )
 # Sessions are dropped one by one (the notification names the session's digest).
 SESSIONS = Kept("sessions", ("gateway_downstreamsession",))
-ALL = (IDENTITIES, CONNECTIONS, GRANTS, POLICIES, SESSIONS)
+# Each connection's tool catalog (gateway/catalog.py): pinned or not, each tool's state.
+CATALOGS = Kept("catalogs", ("gateway_connection", "gateway_tooldefinition"))
+ALL = (IDENTITIES, CONNECTIONS, GRANTS, POLICIES, SESSIONS, CATALOGS)
 
 # Bumped whenever anything is dropped: a value read from the database while a change
 # came in is not kept, since it may predate the change.
@@ -185,6 +188,32 @@ def _max_age() -> float:
     return settings.GATEWAY["ADMISSION_CACHE_MAX_AGE"] if listener.listening else 0.0
 
 
+def keep_seconds() -> float:
+    """`_max_age` for code on any thread (it starts no listener): how long what is read
+    now may be kept; 0 when nothing may be kept."""
+    seconds = settings.GATEWAY["ADMISSION_CACHE_SECONDS"]
+    if seconds <= 0:
+        return 0.0
+    if not _is_postgres():
+        return seconds
+    if any(listener.listening for listener in list(_listeners.values())):
+        return settings.GATEWAY["ADMISSION_CACHE_MAX_AGE"]
+    return 0.0
+
+
+def generation() -> int:
+    """Moves on whenever something kept is dropped: a value read while it moved may
+    predate a change, and is not kept."""
+    return _generation
+
+
+def peek[T](kind: Kept, key: Hashable) -> T | None:
+    """The kept value for key, if there is one that may still be used; never loads."""
+    max_age = _max_age()
+    value = kind.get(key, max_age) if max_age else _MISSING
+    return None if value is _MISSING else value  # type: ignore[return-value]
+
+
 async def kept[T](kind: Kept, key: Hashable, load: Callable[[], Awaitable[T]]) -> T:
     """The kept value for key, or load() (kept for later unless it is None)."""
     max_age = _max_age()
@@ -237,7 +266,7 @@ def connect_signals() -> None:
 
     from approvals.models import ConnectionPolicy, Grant, PolicyRule
 
-    from .models import AgentToken, Connection, DownstreamSession
+    from .models import AgentToken, Connection, DownstreamSession, ToolDefinition
 
     User = get_user_model()
     for model in (
@@ -249,6 +278,7 @@ def connect_signals() -> None:
         ConnectionPolicy,
         Grant,
         PolicyRule,
+        ToolDefinition,
     ):
         post_save.connect(_on_model_change, sender=model, dispatch_uid=f"admission-{model}")
         post_delete.connect(_on_model_change, sender=model, dispatch_uid=f"admission-d-{model}")

@@ -10,8 +10,6 @@ from tools/list and its calls are refused until an admin accepts it.
 
 import difflib
 import json
-import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +22,6 @@ from audit.events import record_event
 from .models import Connection, ToolDefinition, ToolState
 
 PINNED_FIELDS = ("name", "title", "description", "inputSchema", "outputSchema", "annotations")
-CACHE_SECONDS = 2.0
 
 
 def definition_of(tool: dict[str, Any]) -> dict[str, Any]:
@@ -72,24 +69,13 @@ class View:
         return entry.output_schema if entry else None
 
 
-_lock = threading.Lock()
-_views: dict[int, tuple[float, View]] = {}
+# The digest each tool had when this process last stored what an upstream listed.
 _seen_digests: dict[tuple[int, str], str] = {}
 
 
-def cached_view(connection_id: int) -> View | None:
-    """view without a query: None when the catalog is due to be read again."""
-    cached = _views.get(connection_id)
-    if cached is not None and time.monotonic() - cached[0] < CACHE_SECONDS:
-        return cached[1]
-    return None
-
-
 def view(connection_id: int) -> View:
-    """The catalog of a connection, read at most every CACHE_SECONDS per process."""
-    cached = _views.get(connection_id)
-    if cached is not None and time.monotonic() - cached[0] < CACHE_SECONDS:
-        return cached[1]
+    """The catalog of a connection as the database holds it (the data path keeps it
+    between calls, see gateway/admission.py)."""
     pinned = Connection.objects.filter(pk=connection_id, tools_pinned_at__isnull=False).exists()
     tools = {
         row.name: Entry(
@@ -99,15 +85,16 @@ def view(connection_id: int) -> View:
         )
         for row in ToolDefinition.objects.filter(connection_id=connection_id)
     }
-    result = View(pinned, tools)
-    with _lock:
-        _views[connection_id] = (time.monotonic(), result)
-    return result
+    return View(pinned, tools)
 
 
 def invalidate(connection_id: int) -> None:
-    with _lock:
-        _views.pop(connection_id, None)
+    """A connection's catalog changed through this process: every kept catalog is
+    dropped now and again when the change commits (other processes hear of it through
+    the change notifications on Postgres)."""
+    from . import admission
+
+    admission.changed_here(ToolDefinition._meta.db_table)
 
 
 def observe(connection_id: int, tools: list[dict[str, Any]]) -> View:

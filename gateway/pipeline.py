@@ -118,7 +118,8 @@ async def decide(call: Call) -> tuple[Decision, str]:
     tool = call.message.target_name
     if call.message.method != "tools/call" or tool is None:
         return Decision.ALLOW, ""
-    view = catalog.cached_view(call.connection.id) or await _catalog(call.connection.id)
+    key = call.connection.id
+    view = await admission.kept(admission.CATALOGS, key, lambda: _catalog(key))
     allowed, reason = view.allows(tool)
     if not allowed:
         return Decision.DENY, reason
@@ -233,7 +234,7 @@ def _output_schema(call: Call) -> Any:
     tool = call.message.target_name
     schema = masking.output_schema(call.connection.id, tool)
     if schema is None and tool:
-        view = catalog.cached_view(call.connection.id)
+        view: catalog.View | None = admission.peek(admission.CATALOGS, call.connection.id)
         schema = view.output_schema(tool) if view is not None else None
     return schema
 

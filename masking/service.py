@@ -1,10 +1,11 @@
 """Masking for the data path and the audit trail.
 
-Rules are read from the database at most every RULE_CACHE_SECONDS per process. On
-Postgres an edit takes effect on every gateway process at once: the rules table notifies
-the change channel that gateway/admission.py listens on, which drops the rules read. On
-SQLite it takes effect at once on the process that saved it and within RULE_CACHE_SECONDS
-on the others.
+Each process keeps the rules it read as gateway/admission.py keeps what admits a call.
+On Postgres an edit takes effect on every gateway process at once: the rules table
+notifies the change channel that gateway/admission.py listens on, which drops the rules
+read (kept at most `GATEWAY_ADMISSION_CACHE_MAX_AGE` seconds, and read for every call
+while the process is not listening). On SQLite an edit takes effect at once on the process
+that saved it and within `GATEWAY_ADMISSION_CACHE_SECONDS` on the others.
 """
 
 import hashlib
@@ -16,6 +17,8 @@ from typing import Any
 
 from django.conf import settings
 
+from gateway import admission
+
 from .engine import (
     Masker,
     RegexDetector,
@@ -26,8 +29,6 @@ from .engine import (
     words_detector,
 )
 from .models import Kind, MaskingRule
-
-RULE_CACHE_SECONDS = 2.0
 
 AGENT = "agent"
 AUDIT = "audit"
@@ -80,13 +81,22 @@ def compile_rule(rule: MaskingRule) -> Rule:
     )
 
 
+def _fresh(loaded: _Loaded | None) -> bool:
+    return loaded is not None and time.monotonic() - loaded.loaded_at < admission.keep_seconds()
+
+
 def _load() -> _Loaded:
     global _loaded
     with _lock:
-        if _loaded is None or time.monotonic() - _loaded.loaded_at > RULE_CACHE_SECONDS:
-            rules = list(MaskingRule.objects.enabled().in_evaluation_order())
-            _loaded = _Loaded([(r, compile_rule(r)) for r in rules], time.monotonic())
-        return _loaded
+        if _fresh(_loaded):
+            return _loaded  # type: ignore[return-value]
+        generation = admission.generation()
+        rules = list(MaskingRule.objects.enabled().in_evaluation_order())
+        loaded = _Loaded([(r, compile_rule(r)) for r in rules], time.monotonic())
+        # Rules read while a change came in may predate it: used, not kept.
+        if generation == admission.generation():
+            _loaded = loaded
+        return loaded
 
 
 def invalidate() -> None:
@@ -96,7 +106,8 @@ def invalidate() -> None:
 
 
 def masker_for(connection_id: int | None, tool: str | None, audience: str) -> Masker:
-    """The masker for one connection and tool. Runs a query at most every few seconds."""
+    """The masker for one connection and tool (a query only when the rules kept are due
+    to be read again)."""
     loaded = _load()
     key = (connection_id, tool, audience)
     masker = loaded.maskers.get(key)
@@ -114,9 +125,9 @@ def masker_for(connection_id: int | None, tool: str | None, audience: str) -> Ma
 def cached_masker(connection_id: int | None, tool: str | None, audience: str) -> Masker | None:
     """masker_for without a query: None when the rules are due to be read again."""
     loaded = _loaded
-    if loaded is None or time.monotonic() - loaded.loaded_at > RULE_CACHE_SECONDS:
+    if not _fresh(loaded):
         return None
-    return loaded.maskers.get((connection_id, tool, audience))
+    return loaded.maskers.get((connection_id, tool, audience))  # type: ignore[union-attr]
 
 
 def remember_output_schemas(connection_id: int, tools_list_result: Any) -> None:

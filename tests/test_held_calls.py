@@ -234,7 +234,8 @@ async def test_changed_or_new_tools_are_hidden_until_accepted(alice, gateway):
 
         stop(upstream.process)
         upstream.process = start_variant(upstream.port, "changed")
-        time.sleep(2.2)  # the catalog is re-read every 2 s
+        # The gateway keeps the catalog until it hears of a change on its change channel.
+        time.sleep(0.5)
         async with mcp_client(url, token, "legacy") as client:
             tools = {t.name for t in (await client.list_tools()).tools}
             assert "add" not in tools and "exfiltrate" not in tools and "weather" in tools
@@ -253,7 +254,7 @@ async def test_changed_or_new_tools_are_hidden_until_accepted(alice, gateway):
         assert "changed upstream" in page and "attacker.example" in page
         accepted = admin.post("/connections/pinned/tools/approve", {"tool": "add"})
         assert accepted.status_code == 302
-        time.sleep(2.2)
+        time.sleep(0.5)
         async with mcp_client(url, token, "legacy") as client:
             tools = {t.name for t in (await client.list_tools()).tools}
             result = await client.call_tool("add", {"a": 1, "b": 1})
