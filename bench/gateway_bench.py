@@ -451,7 +451,12 @@ class Site:
         log = self.data_dir / f"gateway-{label}-{port}.log"
         env = self.env()
         counts_file = None
-        if self.options.server == "uvicorn":
+        if self.options.server == "granian":
+            # Granian's Rust HTTP server with its asyncio loop (uvloop is not installed).
+            command = [sys.executable, "-m", "granian", "--interface", "asgi", "--host", HOST]
+            command += ["--port", str(port), "--workers", str(self.options.workers)]
+            command += ["--backlog", "2048", "--loop", "asyncio", "mcpgw.asgi:application"]
+        elif self.options.server == "uvicorn":
             # Served as uvicorn serves any ASGI app (h11 here: httptools is not installed).
             command = [sys.executable, "-m", "uvicorn", "--host", HOST, "--port", str(port)]
             command += ["--lifespan", "off", "--workers", str(self.options.workers)]
@@ -1038,6 +1043,8 @@ def server_description(options: argparse.Namespace) -> str:
     from importlib.metadata import version
 
     threads = os.environ.get("ASGI_THREADS") or f"default {min(32, (os.cpu_count() or 1) + 4)}"
+    if options.server == "granian":
+        return f"gateway on granian {version('granian')} ({options.workers} worker process(es))"
     if options.server == "uvicorn":
         return (
             f"gateway on uvicorn {version('uvicorn')} (h11, {options.workers} worker process(es), "
@@ -1072,11 +1079,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--server",
-        choices=("daphne", "uvicorn"),
+        choices=("daphne", "uvicorn", "granian"),
         default="daphne",
         help="what serves the gateway (daphne, as `make run` does, by default)",
     )
-    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="uvicorn or granian worker processes"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the data directories")
     options = parser.parse_args(argv)
     options.configs = [c for c in options.configs.split(",") if c]
@@ -1124,7 +1133,7 @@ def main(argv: list[str] | None = None) -> None:
     if options.server != "daphne" and options.count_calls:
         sys.exit("--count-calls runs the gateway under daphne only")
     if options.workers != 1 and options.server == "daphne":
-        sys.exit("daphne runs one process: --workers is for --server uvicorn")
+        sys.exit("daphne runs one process: --workers is for --server uvicorn or granian")
     for directory in (options.profile, options.count_calls):
         if directory:
             Path(directory).mkdir(parents=True, exist_ok=True)
