@@ -48,9 +48,12 @@ _MISSING = object()
 class Kept:
     """One kind of value the data path keeps, and the tables it is read from."""
 
-    def __init__(self, name: str, tables: tuple[str, ...]) -> None:
+    def __init__(self, name: str, tables: tuple[str, ...], *, unheard_seconds: bool = False):
         self.name = name
         self.tables = tables
+        # Whether values are kept `GATEWAY_ADMISSION_CACHE_SECONDS` while a Postgres process
+        # hears no notifications (else nothing is kept then).
+        self.unheard_seconds = unheard_seconds
         self._entries: dict[Hashable, tuple[float, Any]] = {}
 
     def get(self, key: Hashable, max_age: float) -> Any:
@@ -96,7 +99,10 @@ POLICIES = Kept(
 # Sessions are dropped one by one (the notification names the session's digest).
 SESSIONS = Kept("sessions", ("gateway_downstreamsession",))
 # Each connection's tool catalog (gateway/catalog.py): pinned or not, each tool's state.
-CATALOGS = Kept("catalogs", ("gateway_connection", "gateway_tooldefinition"))
+# A process that hears no notifications reads it again every
+# `GATEWAY_ADMISSION_CACHE_SECONDS`, as it does the masking rules (tokens, grants and
+# policy are then read for every call).
+CATALOGS = Kept("catalogs", ("gateway_connection", "gateway_tooldefinition"), unheard_seconds=True)
 ALL = (IDENTITIES, CONNECTIONS, GRANTS, POLICIES, SESSIONS, CATALOGS)
 
 # Bumped whenever anything is dropped: a value read from the database while a change
@@ -171,8 +177,8 @@ class _Listener:
 _listeners: dict[asyncio.AbstractEventLoop, _Listener] = {}
 
 
-def _max_age() -> float:
-    """How long a kept value may be used right now; 0 when nothing may be kept."""
+def _max_age(kind: Kept | None = None) -> float:
+    """How long a kept value (of `kind`) may be used right now; 0 when nothing may be kept."""
     seconds = settings.GATEWAY["ADMISSION_CACHE_SECONDS"]
     if seconds <= 0:
         return 0.0
@@ -185,20 +191,20 @@ def _max_age() -> float:
             del _listeners[stale]
         listener = _listeners[loop] = _Listener()
         listener.task = loop.create_task(listener.run(), name="admission cache listener")
-    return settings.GATEWAY["ADMISSION_CACHE_MAX_AGE"] if listener.listening else 0.0
+    if listener.listening:
+        return settings.GATEWAY["ADMISSION_CACHE_MAX_AGE"]
+    return seconds if kind is not None and kind.unheard_seconds else 0.0
 
 
 def keep_seconds() -> float:
-    """`_max_age` for code on any thread (it starts no listener): how long what is read
-    now may be kept; 0 when nothing may be kept."""
+    """How long the masking rules read now may be kept, for code on any thread (it starts
+    no listener): as a kind kept `unheard_seconds`; 0 when nothing may be kept."""
     seconds = settings.GATEWAY["ADMISSION_CACHE_SECONDS"]
     if seconds <= 0:
         return 0.0
-    if not _is_postgres():
-        return seconds
-    if any(listener.listening for listener in list(_listeners.values())):
+    if _is_postgres() and any(listener.listening for listener in list(_listeners.values())):
         return settings.GATEWAY["ADMISSION_CACHE_MAX_AGE"]
-    return 0.0
+    return seconds
 
 
 def generation() -> int:
@@ -209,14 +215,14 @@ def generation() -> int:
 
 def peek[T](kind: Kept, key: Hashable) -> T | None:
     """The kept value for key, if there is one that may still be used; never loads."""
-    max_age = _max_age()
+    max_age = _max_age(kind)
     value = kind.get(key, max_age) if max_age else _MISSING
     return None if value is _MISSING else value  # type: ignore[return-value]
 
 
 async def kept[T](kind: Kept, key: Hashable, load: Callable[[], Awaitable[T]]) -> T:
     """The kept value for key, or load() (kept for later unless it is None)."""
-    max_age = _max_age()
+    max_age = _max_age(kind)
     if max_age:
         value = kind.get(key, max_age)
         if value is not _MISSING:

@@ -3,9 +3,10 @@
 Each process keeps the rules it read as gateway/admission.py keeps what admits a call.
 On Postgres an edit takes effect on every gateway process at once: the rules table
 notifies the change channel that gateway/admission.py listens on, which drops the rules
-read (kept at most `GATEWAY_ADMISSION_CACHE_MAX_AGE` seconds, and read for every call
-while the process is not listening). On SQLite an edit takes effect at once on the process
-that saved it and within `GATEWAY_ADMISSION_CACHE_SECONDS` on the others.
+read (kept at most `GATEWAY_ADMISSION_CACHE_MAX_AGE` seconds, and at most
+`GATEWAY_ADMISSION_CACHE_SECONDS` while the process is not listening). On SQLite an edit
+takes effect at once on the process that saved it and within
+`GATEWAY_ADMISSION_CACHE_SECONDS` on the others.
 """
 
 import hashlib

@@ -199,3 +199,21 @@ def test_changes_through_this_process_drop_kept_values_at_once(alice):
     assert admission.CONNECTIONS.get("demo", 60) == "connection"
     user.groups.create(name="ops")
     assert admission.POLICIES.get((1, alice.pk), 60) != "policy"
+
+
+async def test_a_process_that_hears_no_changes_keeps_no_access_values_and_catalogs_briefly():
+    """Until its listener hears notifications (at start, or when it lost them), a process
+    on Postgres reads tokens, grants and policy for every call; tool catalogs and masking
+    rules it keeps GATEWAY_ADMISSION_CACHE_SECONDS, as on SQLite."""
+    from django.conf import settings
+
+    seconds = settings.GATEWAY["ADMISSION_CACHE_SECONDS"]
+    try:
+        # The first look starts this loop's listener, which is not listening yet.
+        identities = admission._max_age(admission.IDENTITIES)
+        catalogs = admission._max_age(admission.CATALOGS)
+        rules = admission.keep_seconds()
+    finally:
+        await admission.stop()
+    assert catalogs == rules == seconds > 0
+    assert identities == (0.0 if db.vendor == "postgresql" else seconds)
