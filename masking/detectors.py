@@ -133,7 +133,8 @@ _SHAPE_TABLE = bytes.maketrans(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"0" * 1
 # The shape with every number separator (space, dot, dash) written as a dash, so that
 # "415 555", "415.555" and "415-555" are all found with one literal search for b"000-000".
 _JOINED_TABLE = bytes.maketrans(b" .", b"--")
-_EMAIL_LOCAL_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._%+-"
+# Letters, digits and ._%+- (what an e-mail address's local part holds) as L, all else a space.
+_EMAIL_LOCAL_BYTES = _ALNUM_BYTES | frozenset(b"._%+-")
 _LOCAL_TABLE = bytes(ord("L") if byte in _EMAIL_LOCAL_BYTES else ord(" ") for byte in range(256))
 _LONG_RUN = re.compile(rb"000000000+")
 
