@@ -1,5 +1,6 @@
 """Appending to the audit chain, and verifying it."""
 
+import json
 import re
 import uuid
 from collections.abc import Iterator
@@ -92,7 +93,7 @@ def _insert_and_move_head(records: list[AuditRecord]) -> None:
     batch = database.ops.bulk_batch_size(AuditRecord._meta.concrete_fields, records)
     with database.cursor() as cursor:
         for first in range(0, len(records), batch):
-            columns, values, params = _values(records[first : first + batch], casts=False)
+            columns, values, params = _values(records[first : first + batch])
             cursor.execute(f"INSERT INTO {table} ({columns}) VALUES {values}", params)  # noqa: S608
         cursor.execute(
             f"UPDATE {head} SET seq = %s, hash = %s WHERE id = 1",  # noqa: S608
@@ -114,14 +115,14 @@ def head_statement() -> str:
 def insert_statement(records: list[AuditRecord]) -> tuple[str, list[Any]]:
     """Postgres: the records and the new chain head in one statement (one round trip, none
     of the ORM's per-row compiling on the data path's hottest write)."""
-    columns, values, params = _values(records, casts=False)
-    params += [records[-1].seq, records[-1].hash]
+    columns, recordset = _recordset()
     table, head = _tables()
     statement = (
-        f"WITH inserted AS (INSERT INTO {table} ({columns}) VALUES {values} RETURNING 1) "  # noqa: S608
+        f"WITH inserted AS (INSERT INTO {table} ({columns}) "  # noqa: S608
+        f"SELECT {columns} FROM {recordset} RETURNING 1) "
         f"UPDATE {head} SET seq = %s, hash = %s WHERE id = 1"
     )
-    return statement, params
+    return statement, [rows_json(records), records[-1].seq, records[-1].hash]
 
 
 def append_at_statement(records: list[AuditRecord], head: tuple[int, str]) -> tuple[str, list[Any]]:
@@ -131,15 +132,15 @@ def append_at_statement(records: list[AuditRecord], head: tuple[int, str]) -> tu
     it moved it. So no lock is held between reading the head and writing after it, and
     nothing is written after a head that another writer has moved since: the statement then
     inserts no row and the caller appends under the lock instead (`head_statement`)."""
-    columns, values, params = _values(records, casts=True)
-    params = [records[-1].seq, records[-1].hash, head[0], head[1], *params]
+    columns, recordset = _recordset()
     table, head_table = _tables()
     statement = (
         f"WITH moved AS (UPDATE {head_table} SET seq = %s, hash = %s "  # noqa: S608
         f"WHERE id = 1 AND seq = %s AND hash = %s RETURNING 1) "
-        f"INSERT INTO {table} ({columns}) SELECT * FROM (VALUES {values}) AS appended "
+        f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {recordset} "
         f"WHERE EXISTS (SELECT 1 FROM moved)"
     )
+    params = [records[-1].seq, records[-1].hash, head[0], head[1], rows_json(records)]
     return statement, params
 
 
@@ -154,32 +155,55 @@ def _tables() -> tuple[str, str]:
     return quote(AuditRecord._meta.db_table), quote(AuditHead._meta.db_table)
 
 
-def _values(records: list[AuditRecord], *, casts: bool) -> tuple[str, str, list[Any]]:
-    """The column list, the VALUES rows and their parameters for inserting `records`."""
-    database = backend(AuditRecord.objects.db)
-    columns, row = _columns_and_row(casts)
-    params: list[Any] = [
-        f.get_db_prep_save(getattr(record, f.attname), database)
-        for record in records
-        for f in AuditRecord._meta.concrete_fields
-    ]
-    # Only table and column names and types from the model and placeholders go into the
-    # text; every value is a parameter.
-    return columns, ", ".join([row] * len(records)), params
-
-
-@cache
-def _columns_and_row(casts: bool) -> tuple[str, str]:
-    """casts: each placeholder is cast to its column's type, as rows that are selected
-    rather than inserted directly need (to the unbounded type for varchar(n): a cast to
-    varchar(n) would cut a value that the column must refuse)."""
+def _values(records: list[AuditRecord]) -> tuple[str, str, list[Any]]:
+    """SQLite: the column list, the VALUES rows and their parameters for inserting
+    `records`."""
     database = backend(AuditRecord.objects.db)
     fields = AuditRecord._meta.concrete_fields
     columns = ", ".join(database.ops.quote_name(f.column) for f in fields)
-    if casts:
-        types = [_VARCHAR.sub("text", f.cast_db_type(database)) for f in fields]
-        return columns, "(" + ", ".join(f"%s::{kind}" for kind in types) + ")"
-    return columns, "(" + ", ".join(["%s"] * len(fields)) + ")"
+    params: list[Any] = [
+        f.get_db_prep_save(getattr(record, f.attname), database)
+        for record in records
+        for f in fields
+    ]
+    # Only table and column names from the model and placeholders go into the text; every
+    # value is a parameter.
+    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    return columns, ", ".join([row] * len(records)), params
+
+
+def rows_json(records: list[AuditRecord]) -> str:
+    """Postgres: the records as one JSON array of objects, one member per column, for
+    `_recordset`. One parameter however many records there are: the statement's text
+    stays the same, so psycopg parses it once, and no value goes through a field's adapter
+    on its own."""
+    rows = []
+    for record in records:
+        row = {column: getattr(record, attname) for attname, column in _COLUMNS}
+        row["created_at"] = row["created_at"].isoformat()
+        if row["call_id"] is not None:
+            row["call_id"] = str(row["call_id"])
+        rows.append(row)
+    return json.dumps(rows, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+_COLUMNS = [(f.attname, f.column) for f in AuditRecord._meta.concrete_fields]
+
+
+@cache
+def _recordset() -> tuple[str, str]:
+    """Postgres: the column list, and the rows of `rows_json` as a relation of those
+    columns. Each is read as its column's type, varchar(n) as text: the insert, not the
+    reading, must refuse a value too long for its column (a cast to varchar(n) would cut
+    it). A JSON value for a jsonb column is kept as it is; JSON null is SQL NULL."""
+    database = backend(AuditRecord.objects.db)
+    quote = database.ops.quote_name
+    fields = AuditRecord._meta.concrete_fields
+    columns = ", ".join(quote(f.column) for f in fields)
+    definitions = ", ".join(
+        f"{quote(f.column)} {_VARCHAR.sub('text', f.cast_db_type(database))}" for f in fields
+    )
+    return columns, f"json_to_recordset(%s::json) AS appended({definitions})"
 
 
 _VARCHAR = re.compile(r"^varchar\(\d+\)$")

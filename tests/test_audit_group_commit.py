@@ -193,3 +193,55 @@ async def test_calls_on_the_event_loop_make_no_django_connection_object_each(tra
     result = await asyncio.to_thread(chain.verify)
     assert result.ok, result.error
     assert result.verified == 31
+
+
+AWKWARD_VALUES: list[dict[str, Any]] = [
+    {"arguments": {"q": 'quotes " and \\ backslashes', "nested": [None, {"k": None}]}},
+    {"arguments": {"text": "naïve café 東京 🚀", "n": -7, "x": 0.1, "big": 2**53}},
+    {"arguments": None, "result": "a result that is one JSON string"},
+    {"arguments": [], "result": {"content": [{"type": "text", "text": "x" * 20_000}]}},
+    {"result": 12.5, "latency_ms": 3.217, "result_size": 42, "username": "ünï", "user_id": 7},
+    {"result": {"f": 5.0, "e": 1e-7, "huge": 1e300}, "details": {"why": "line\nbreak\ttab"}},
+    {"arguments": {"nul": "a\x00b", "surrogate": "\ud800"}, "user_agent": "agent/1 (x; y)"},
+]
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["one by one", "one batch"])
+async def test_stored_records_read_back_exactly_as_written(transactions, batched):
+    """What the writer sends and what the ORM reads back are the same values, one record
+    at a time or many in one statement, and the chain verifies over them."""
+    rows = [request_fields(n, **values) for n, values in enumerate(AWKWARD_VALUES)]
+    if batched:
+        records = await asyncio.gather(*(writer.append(**dict(row)) for row in rows))
+        assert len(transactions) < len(rows)
+    else:
+        records = [await writer.append(**dict(row)) for row in rows]
+
+    def stored() -> list[AuditRecord]:
+        return list(AuditRecord.objects.order_by("seq"))
+
+    for record, read in zip(records, await asyncio.to_thread(stored), strict=True):
+        assert read.field_values() == record.field_values()
+        assert read.hash == record.hash
+    # The values as given, where the database can hold them as they are.
+    by_target = {r.target: r for r in records}
+    assert by_target["tool-1"].arguments["text"] == "naïve café 東京 🚀"
+    assert by_target["tool-2"].result == "a result that is one JSON string"
+    assert by_target["tool-2"].arguments is None
+    assert by_target["tool-5"].result == {"f": 5.0, "e": 1e-7, "huge": "1e+300"}
+    assert by_target["tool-6"].arguments == {"nul": "a\\u0000b", "surrogate": "\\ud800"}
+    result = await asyncio.to_thread(chain.verify)
+    assert result.ok, result.error
+    assert result.verified == len(rows)
+
+
+def test_the_postgres_statements_do_not_grow_with_the_batch():
+    """One statement text for any number of records: psycopg parses a statement it has
+    seen once, and would parse a new one for every batch size."""
+    records = chain.build([request_fields(n) for n in range(50)], 0, "0" * 64)
+    head = (0, "0" * 64)
+    one = chain.append_at_statement(records[:1], head)
+    many = chain.append_at_statement(records, head)
+    assert one[0] == many[0]
+    assert len(one[1]) == len(many[1]) < 10
+    assert chain.insert_statement(records[:1])[0] == chain.insert_statement(records)[0]
