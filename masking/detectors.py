@@ -88,6 +88,7 @@ import re
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from functools import cache, lru_cache
+from operator import itemgetter
 from typing import NamedTuple, Protocol
 
 import phonenumbers
@@ -748,6 +749,7 @@ class PaymentCardDetector:
             if hit and joined.startswith(_GROUPED_CARD_STARTS, hit - 1)
         ]
         candidates.sort()
+        accounts = views.accounts
         for position, run_end in candidates:
             if position < resume or (run_end and not _card_digits_ok(text[position:run_end])):
                 continue  # the checks on the digits alone first: they reject most candidates
@@ -764,7 +766,7 @@ class PaymentCardDetector:
             if len(digits) == 12 and end - start == 12:
                 if not _CARD_CONTEXT.search(views.lower[max(0, start - 32) : start]):
                     continue
-            if _after_grouped_account(text, start):
+            if accounts and _after_grouped_account(text, start):
                 continue
             resume = end
             yield Finding(start, end, self.entity, self.name)
@@ -1499,21 +1501,19 @@ def scan(text: str, detectors: Iterable[Detector]) -> list[Finding]:
         _views(text).find_triggers()
     found: list[tuple[Finding, int]] = []
     for index, detector in enumerate(ordered):
-        for finding in detector.find(text):
-            if finding.end > finding.start:
-                found.append((finding, index))
+        found += [(f, index) for f in detector.find(text) if f.end > f.start]
     if len(found) < 2:
         return [f for f, _ in found]
     return _resolve_overlaps(found)
 
 
-def _start(finding: Finding) -> int:
-    return finding.start
+_START = itemgetter(0)  # a finding's start
 
 
 def _resolve_overlaps(found: list[tuple[Finding, int]]) -> list[Finding]:
     # Most texts have no overlapping findings: then every finding is kept, in text order.
-    by_start = sorted((finding for finding, _ in found), key=_start)
+    by_start = [finding for finding, _ in found]
+    by_start.sort(key=_START)
     end = -1
     for finding in by_start:
         if finding.start < end:

@@ -15,6 +15,7 @@ import hmac
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 import re2
@@ -22,6 +23,7 @@ import re2
 from .detectors import BUILTIN_DETECTORS, Detector, Finding, scan
 
 MAX_DEPTH = 64
+_DETECTOR = itemgetter(3)  # a finding's detector
 
 
 def compile_pattern(pattern: str, *, case_sensitive: bool = True) -> tuple[Any, str | None]:
@@ -111,6 +113,12 @@ class Masker:
             if rule.detector.name not in self._rule_of:
                 self._rule_of[rule.detector.name] = rule
                 self.detectors.append(rule.detector)
+        # The replacement of each detector whose rule replaces every value with its label.
+        self._labels = {
+            name: f"[{rule.entity}]"
+            for name, rule in self._rule_of.items()
+            if rule.style not in ("partial", "hash")
+        }
 
     @property
     def empty(self) -> bool:
@@ -143,16 +151,17 @@ class Masker:
             return text
         # A result may hold hundreds of values: the loop stays lean, and the report is
         # counted once per detector.
-        rule_of, replacement = self._rule_of, self.replacement
+        rule_of, replacement, labels = self._rule_of, self.replacement, self._labels
         parts: list[str] = []
         append = parts.append
         position = 0
         for start, end, _entity, detector in findings:
             append(text[position:start])
-            append(replacement(rule_of[detector], text[start:end]))
+            label = labels.get(detector)
+            append(label if label is not None else replacement(rule_of[detector], text[start:end]))
             position = end
         append(text[position:])
-        for detector, times in Counter(finding.detector for finding in findings).items():
+        for detector, times in Counter(map(_DETECTOR, findings)).items():
             report.add(rule_of[detector], times)
         return "".join(parts)
 
