@@ -35,6 +35,13 @@ the harness works, its numbers mean little. --profile DIR records each gateway r
 py-spy (collapsed stacks, see `bench.stacks`); --count-calls DIR runs the gateway under
 `bench.counting_gateway` and writes per-call counts of thread hops, SQL statements, JSON
 encodings and masking. Both slow the gateway down: their tables are not for comparison.
+
+--instructions DIR runs each gateway under valgrind's callgrind and prints the machine
+instructions the gateway process executed per call in each measured run (counted from
+the run's start to its end, start-up and warm-up left out). Unlike times, instruction
+counts hardly depend on what else the machine does, so they compare two versions of the
+code on a shared virtual machine whose speed drifts by a quarter within an hour. Calls run
+30-50 times slower under callgrind: one client only (more would time out and retry).
 """
 
 import argparse
@@ -136,15 +143,45 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 
     raise RuntimeError(f"nothing listened on port {port} within {timeout} s")
 
 
-def stop(process: subprocess.Popen[bytes] | None) -> None:
+def stop(process: subprocess.Popen[bytes] | None, timeout: float = 15) -> None:
     if process is None or process.poll() is not None:
         return
     process.terminate()
     try:
-        process.wait(timeout=15)
+        process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def callgrind(gateway: "Gateway", command: str) -> int | None:
+    """Sends callgrind_control's `command` (--zero, or --dump=NAME) to a gateway that runs
+    under callgrind; for a dump, the instructions executed since the last zero, read from
+    the file it wrote. None for a gateway not under callgrind."""
+    out = gateway.callgrind_out
+    if out is None:
+        return None
+
+    def dumps() -> set[Path]:
+        return set(out.parent.glob(f"{out.name}.*"))
+
+    before = dumps()
+    subprocess.run(  # noqa: S603 - callgrind_control on our own gateway
+        ["callgrind_control", command, str(gateway.pid)],  # noqa: S607
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    if not command.startswith("--dump"):
+        return None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        for dump in dumps() - before:
+            for line in dump.read_text(errors="replace").splitlines():
+                if line.startswith("summary:"):
+                    return int(line.split()[1])
+        time.sleep(0.2)
+    raise RuntimeError(f"callgrind wrote no dump for {command} within 120 s")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -366,6 +403,8 @@ class Gateway:
     port: int
     log: Path
     counts_file: Path | None = None
+    # Under callgrind (--instructions): where it writes what it counted.
+    callgrind_out: Path | None = None
 
     @property
     def pid(self) -> int:
@@ -474,16 +513,22 @@ class Site:
             # default of 50 drops connections opened in a burst).
             command += ["-e", f"tcp:port={port}:interface={HOST}:backlog=2048"]
             command += ["mcpgw.asgi:application"]
+        callgrind_out = None
+        if self.options.instructions:
+            callgrind_out = Path(self.options.instructions).resolve() / f"{label}-{port}.out"
+            valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={callgrind_out}"]
+            command = [*valgrind, *command]
         with open(log, "wb") as handle:
             process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
                 command, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT
             )
         try:
-            wait_for_port(port, process)
+            # Django's start takes minutes under callgrind.
+            wait_for_port(port, process, timeout=900 if callgrind_out else 60)
         except RuntimeError:
             stop(process)
             raise RuntimeError(f"the gateway did not start:\n{log.read_text()[-3000:]}") from None
-        return Gateway(process, port, log, counts_file)
+        return Gateway(process, port, log, counts_file, callgrind_out)
 
     def teardown(self) -> None:
         stop(self.upstream)
@@ -526,6 +571,8 @@ class Cell:
     peak_rss: float = 0.0
     load: list[float] = field(default_factory=list)
     counts: list[dict[str, Any]] = field(default_factory=list)
+    # --instructions: (instructions the gateway executed, calls) of each measured run.
+    instructions: list[tuple[int, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -627,7 +674,8 @@ class Bench:
                 print(f"gateway log:\n{gateway.log_tail()}", file=sys.stderr)
                 raise
             finally:
-                stop(gateway.process)
+                # Under callgrind the gateway ends slowly, and writes its counts as it ends.
+                stop(gateway.process, timeout=300 if gateway.callgrind_out else 15)
         if self.options.memory == config.key:
             self.measure_memory(site)
         if config.postgres:
@@ -681,8 +729,12 @@ class Bench:
                     name = f"{site.config.key}-{era}-c{clients}-r{round_number + 1}"
                     cpu_before = tree_cpu_seconds(gateway.pid)
                     pg_before = site.postgres.backend_cpu() if site.postgres else None
+                    callgrind(gateway, "--zero")
                     with self.profiled(gateway, name, mode.seconds):
                         result = self.load(gateway.port, requests, clients, mode.seconds)
+                    executed = callgrind(gateway, f"--dump={name}")
+                    if executed is not None:
+                        cell.instructions.append((executed, result.calls))
                     cell.gateway_cpu += tree_cpu_seconds(gateway.pid) - cpu_before
                     if site.postgres is not None and pg_before is not None:
                         pg_after = site.postgres.backend_cpu()
@@ -948,13 +1000,20 @@ class Bench:
         self.print_targets()
         if self.options.count_calls:
             self.print_counts()
+        if self.options.instructions:
+            self.print_instructions()
 
     def print_targets(self) -> None:
         cells = [c for c in self.cells if c.config == "postgres"]
         if not cells:
             return
         print("\n== Issue 8's targets (postgres configuration) ==")
-        if self.options.short or self.options.profile or self.options.count_calls:
+        if (
+            self.options.short
+            or self.options.profile
+            or self.options.count_calls
+            or self.options.instructions
+        ):
             print("(not comparable in this mode)")
         for cell in cells:
             d, g = summarize(cell.direct), summarize(cell.gateway)
@@ -977,6 +1036,16 @@ class Bench:
             rss_mb = big[0][1] * 2**20 / 1e6
             verdict = "met" if rss_mb <= 200 else "MISSED"
             print(f"10,000 idle legacy sessions: RSS {rss_mb:.0f} MB (<= 200 MB): {verdict}")
+
+    def print_instructions(self) -> None:
+        print("\n== Instructions the gateway process executed per call (callgrind) ==")
+        print("config    era    clients   per run (millions)")
+        for cell in self.cells:
+            runs = [
+                f"{done / calls / 1e6:7.2f}" if calls else "no call"
+                for done, calls in cell.instructions
+            ]
+            print(f"{cell.config:9} {cell.era:6} {cell.clients:7}   {' '.join(runs)}")
 
     def print_counts(self) -> None:
         print("\n== Per call (bench.counting_gateway): count, µs inside, bytes ==")
@@ -1073,6 +1142,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", metavar="DIR", help="py-spy every gateway run into DIR")
     parser.add_argument("--count-calls", metavar="DIR", help="count per-call work into DIR")
     parser.add_argument(
+        "--instructions",
+        metavar="DIR",
+        help="run the gateway under valgrind's callgrind and print instructions per call "
+        "(one client; callgrind's files go into DIR)",
+    )
+    parser.add_argument(
         "--no-gc-freeze",
         action="store_true",
         help="with --count-calls: the gateway does not freeze what it loaded at start",
@@ -1132,9 +1207,22 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("--no-gc-freeze needs --count-calls (it runs under bench.counting_gateway)")
     if options.server != "daphne" and options.count_calls:
         sys.exit("--count-calls runs the gateway under daphne only")
+    if options.instructions:
+        if not (shutil.which("valgrind") and shutil.which("callgrind_control")):
+            sys.exit("--instructions needs valgrind (apt-get install valgrind)")
+        if options.server != "daphne" or options.count_calls or options.profile:
+            sys.exit("--instructions runs the gateway under daphne, without other probes")
+        if mode.concurrency != (1,):
+            sys.exit(
+                "--instructions counts at one client only (--concurrency 1): under callgrind "
+                "a call takes 30-50 times longer, and more clients would time out and retry"
+            )
+        if options.memory not in ("", "none"):
+            sys.exit("--instructions leaves out the memory test (--memory none)")
+        options.memory = "none"
     if options.workers != 1 and options.server == "daphne":
         sys.exit("daphne runs one process: --workers is for --server uvicorn or granian")
-    for directory in (options.profile, options.count_calls):
+    for directory in (options.profile, options.count_calls, options.instructions):
         if directory:
             Path(directory).mkdir(parents=True, exist_ok=True)
 

@@ -52,3 +52,65 @@ def test_gateway_bench_short_run_prints_its_tables():
         with psycopg.connect(admin_url(_server_url(), "postgres"), autocommit=True) as conn:
             left = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE])
             assert left.fetchone() is None
+
+
+def test_gateway_bench_counts_instructions_per_call_under_callgrind(tmp_path):
+    """--instructions: the gateway runs under callgrind, and each measured run's
+    instructions per call are printed (a count, which does not drift with the machine's
+    speed as times do)."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.gateway_bench",
+            "--short",
+            "--configs",
+            "embedded",
+            "--eras",
+            "modern",
+            "--concurrency",
+            "1",
+            "--memory",
+            "none",
+            # Code runs slowest the first times callgrind meets it: long enough for calls.
+            "--seconds",
+            "20",
+            "--instructions",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        check=False,
+    )
+    output = done.stdout
+    assert done.returncode == 0, f"{output[-4000:]}\n{done.stderr[-4000:]}"
+    heading = "== Instructions the gateway process executed per call (callgrind) =="
+    assert heading in output, output
+    row = output.split(heading, 1)[1].splitlines()[2].split()
+    assert row[:3] == ["embedded", "modern", "1"], output
+    per_run = [float(value) for value in row[3:]]
+    # One figure per round; a call through the gateway takes millions of instructions.
+    assert len(per_run) == 1 and per_run[0] > 1, output
+
+
+def test_gateway_bench_refuses_to_count_instructions_at_more_clients(tmp_path):
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.gateway_bench",
+            "--concurrency",
+            "1,8",
+            "--instructions",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "one client only" in done.stderr
