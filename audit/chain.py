@@ -160,7 +160,6 @@ def _values(records: list[AuditRecord]) -> tuple[str, str, list[Any]]:
     `records`."""
     database = backend(AuditRecord.objects.db)
     fields = AuditRecord._meta.concrete_fields
-    columns = ", ".join(database.ops.quote_name(f.column) for f in fields)
     params: list[Any] = [
         f.get_db_prep_save(getattr(record, f.attname), database)
         for record in records
@@ -168,8 +167,7 @@ def _values(records: list[AuditRecord]) -> tuple[str, str, list[Any]]:
     ]
     # Only table and column names from the model and placeholders go into the text; every
     # value is a parameter.
-    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
-    return columns, ", ".join([row] * len(records)), params
+    return _columns(), ", ".join([_ROW] * len(records)), params
 
 
 def rows_json(records: list[AuditRecord]) -> str:
@@ -188,6 +186,13 @@ def rows_json(records: list[AuditRecord]) -> str:
 
 
 _COLUMNS = [(f.attname, f.column) for f in AuditRecord._meta.concrete_fields]
+_ROW = "(" + ", ".join(["%s"] * len(_COLUMNS)) + ")"
+
+
+@cache
+def _columns() -> str:
+    quote = backend(AuditRecord.objects.db).ops.quote_name
+    return ", ".join(quote(column) for _, column in _COLUMNS)
 
 
 @cache
@@ -199,11 +204,10 @@ def _recordset() -> tuple[str, str]:
     database = backend(AuditRecord.objects.db)
     quote = database.ops.quote_name
     fields = AuditRecord._meta.concrete_fields
-    columns = ", ".join(quote(f.column) for f in fields)
     definitions = ", ".join(
         f"{quote(f.column)} {_VARCHAR.sub('text', f.cast_db_type(database))}" for f in fields
     )
-    return columns, f"json_to_recordset(%s::json) AS appended({definitions})"
+    return _columns(), f"json_to_recordset(%s::json) AS appended({definitions})"
 
 
 _VARCHAR = re.compile(r"^varchar\(\d+\)$")

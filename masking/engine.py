@@ -115,7 +115,7 @@ class Masker:
                 self.detectors.append(rule.detector)
         # The replacement of each detector whose rule replaces every value with its label.
         self._labels = {
-            name: f"[{rule.entity}]"
+            name: self.replacement(rule, "")
             for name, rule in self._rule_of.items()
             if rule.style not in ("partial", "hash")
         }

@@ -23,15 +23,19 @@ def _server_url() -> str:
     return url if url.startswith(("postgres://", "postgresql://")) else ""
 
 
-def test_gateway_bench_short_run_prints_its_tables():
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.gateway_bench", "--short", "--database", DATABASE],
+def _bench(*arguments: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bench.gateway_bench", *arguments],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=timeout,
         check=False,
     )
+
+
+def test_gateway_bench_short_run_prints_its_tables():
+    done = _bench("--short", "--database", DATABASE, timeout=900)
     output = done.stdout
     assert done.returncode == 0, f"{output[-4000:]}\n{done.stderr[-4000:]}"
     assert "== Per configuration: tools/call through the gateway vs direct ==" in output
@@ -58,31 +62,22 @@ def test_gateway_bench_counts_instructions_per_call_under_callgrind(tmp_path):
     """--instructions: the gateway runs under callgrind, and each measured run's
     instructions per call are printed (a count, which does not drift with the machine's
     speed as times do)."""
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.gateway_bench",
-            "--short",
-            "--configs",
-            "embedded",
-            "--eras",
-            "modern",
-            "--concurrency",
-            "1",
-            "--memory",
-            "none",
-            # Code runs slowest the first times callgrind meets it: long enough for calls.
-            "--seconds",
-            "20",
-            "--instructions",
-            str(tmp_path),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    done = _bench(
+        "--short",
+        "--configs",
+        "embedded",
+        "--eras",
+        "modern",
+        "--concurrency",
+        "1",
+        "--memory",
+        "none",
+        # Code runs slowest the first times callgrind meets it: long enough for calls.
+        "--seconds",
+        "20",
+        "--instructions",
+        str(tmp_path),
         timeout=1200,
-        check=False,
     )
     output = done.stdout
     assert done.returncode == 0, f"{output[-4000:]}\n{done.stderr[-4000:]}"
@@ -96,21 +91,6 @@ def test_gateway_bench_counts_instructions_per_call_under_callgrind(tmp_path):
 
 
 def test_gateway_bench_refuses_to_count_instructions_at_more_clients(tmp_path):
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.gateway_bench",
-            "--concurrency",
-            "1,8",
-            "--instructions",
-            str(tmp_path),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = _bench("--concurrency", "1,8", "--instructions", str(tmp_path), timeout=60)
     assert done.returncode != 0
     assert "one client only" in done.stderr
