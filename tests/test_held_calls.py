@@ -210,6 +210,8 @@ async def test_destructive_tools_are_held_unless_a_rule_says_otherwise(
         held = await client.call_tool("delete_record", {"record_id": 7})
         assert held.is_error is True
         policy("ops", ("delete_*", "allow"))
+        # The gateway keeps the policy until it hears of the change on its change channel.
+        await asyncio.sleep(0.5)
         allowed = await client.call_tool("delete_record", {"record_id": 7})
     assert allowed.content[0].text == "deleted 7"
 
