@@ -26,13 +26,14 @@ from django.urls import get_resolver  # noqa: E402
 import approvals.routing  # noqa: E402
 from gateway import channel_transports  # noqa: E402
 from gateway.endpoint import mcp_app  # noqa: E402
-from mcpgw import periodic  # noqa: E402
+from mcpgw import periodic, serving  # noqa: E402
 
 # What the first requests and tasks would import (every view, through the URLconf, and the
 # apps' Celery tasks) is imported now, so that it is frozen below with the rest.
 get_resolver().url_patterns  # noqa: B018 - loading it imports the views
 current_app.loader.import_default_modules()
 periodic.start()
+serving.skip_form_parsing()
 
 # What is loaded by now (Django, the apps, the libraries) lives as long as the process.
 # Frozen, it is left out of the collector's full collections, which otherwise walk all of
