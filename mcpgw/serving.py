@@ -1,16 +1,30 @@
 """What the gateway changes in the HTTP server that serves it (daphne), when it loads.
 
-Twisted, under daphne, looks at every POST's Content-Type to parse form bodies into
-`request.args`, which daphne never reads: it hands the body to the application, and Django
-and the data path parse it themselves. Twisted's parse of the header goes through the email
-package, which makes a new class for each header it parses: about 70 µs of every tool call,
-and a dozen objects in reference cycles that only the garbage collector frees (nearly all
-of what it found to free under the benchmark, and its collections stop the event loop).
-A malformed multipart body was also answered by Twisted with a bare 400 and a closed
-connection before the application saw it.
+Form bodies: Twisted, under daphne, looks at every POST's Content-Type to parse form bodies
+into `request.args`, which daphne never reads: it hands the body to the application, and
+Django and the data path parse it themselves. Twisted's parse of the header goes through the
+email package, which makes a new class for each header it parses: about 70 µs of every tool
+call, and a dozen objects in reference cycles that only the garbage collector frees (nearly
+all it found to free under the benchmark; its collections stop the event loop).
+
+Shutdown: daphne stops on SIGTERM or SIGINT by stopping Twisted's reactor, and has no ASGI
+lifespan events. Before the reactor stops, the gateway ends the upstream sessions and server
+processes this process opened for itself (`gateway.upstream.close_all`): the session it keeps
+per upstream for stateless agents gets its DELETE, as the MCP specification asks of a client
+that no longer needs a session. Agents' own sessions are left alone: another process behind
+the load balancer may go on serving them.
 """
 
+import asyncio
+import logging
+import sys
+
 from daphne import http_protocol
+
+log = logging.getLogger(__name__)
+
+# How long shutdown waits for upstreams to end their sessions.
+SHUTDOWN_SECONDS = 5.0
 
 
 class WebRequest(http_protocol.WebRequest):
@@ -25,3 +39,27 @@ def skip_form_parsing() -> None:
     """daphne's factory builds each connection's requests from this module attribute."""
     if not issubclass(http_protocol.WebRequest, WebRequest):
         http_protocol.WebRequest = WebRequest
+
+
+def end_upstreams_at_shutdown() -> None:
+    """Under daphne (whose asyncio reactor is installed by now), a trigger before the reactor
+    stops; elsewhere nothing (importing the reactor would install Twisted's default)."""
+    reactor = sys.modules.get("twisted.internet.reactor")
+    if reactor is not None and not getattr(reactor, "_gateway_ends_upstreams", False):
+        reactor._gateway_ends_upstreams = True
+        reactor.addSystemEventTrigger("before", "shutdown", _end_upstreams)
+
+
+def _end_upstreams():  # type: ignore[no-untyped-def]
+    from twisted.internet.defer import Deferred
+
+    from gateway import upstream
+
+    async def end() -> None:
+        try:
+            await asyncio.wait_for(upstream.close_all(), SHUTDOWN_SECONDS)
+        except Exception:  # shutdown goes on whatever an upstream does
+            log.warning("ending upstream sessions at shutdown failed", exc_info=True)
+
+    # The reactor runs on the asyncio loop, so Twisted waits for this before stopping.
+    return Deferred.fromFuture(asyncio.ensure_future(end()))

@@ -1,15 +1,20 @@
-"""What the gateway turns off in daphne (`mcpgw/serving.py`), driven through daphne's own
-HTTP protocol with an in-memory transport."""
+"""What the gateway changes in daphne (`mcpgw/serving.py`): requests driven through daphne's
+own HTTP protocol with an in-memory transport, and a real gateway process stopped as an
+operator stops it."""
 
 import gc
 from email.headerregistry import ContentTypeHeader
 from types import SimpleNamespace
 
+import httpx
+import pytest
 from daphne.http_protocol import HTTPFactory
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
 from mcpgw import serving
+from tests.conftest import Server, add_connection, issue_token, start_gateway, stop
+from tests.test_admission_cache import modern_call, modern_headers
 
 
 class _ApplicationQueue:
@@ -71,3 +76,32 @@ def test_post_bodies_reach_the_application_whole_without_twisted_parsing_them() 
     # Twisted parsed each POST's Content-Type with the email package, which makes a class
     # per header parsed (and reference cycles only the collector frees).
     assert classes_after == classes_before
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_stopped_gateway_ends_the_upstream_session_it_kept_for_stateless_agents(
+    alice, tmp_path, legacy_upstream: Server
+) -> None:
+    # A 2026-07-28 agent calls a server that predates that version: the gateway opens a
+    # session of its own on the server and keeps it for such calls.
+    add_connection("old", legacy_upstream.url)
+    token = issue_token("alice")
+    gateway = start_gateway(tmp_path)
+    try:
+        answer = httpx.post(
+            f"{gateway.url}/mcp/old",
+            headers=modern_headers(token, "add"),
+            json=modern_call("add", {"a": 2, "b": 3}),
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
+        assert '"content":[{"text":"5","type":"text"}]' in answer.text  # an SSE event
+        before_stop = legacy_upstream.seen()
+        assert not [r for r in before_stop if r["method"] == "DELETE"]
+    finally:
+        stop(gateway.process)  # SIGTERM, as docker stop and systemd send
+    assert gateway.process.returncode == 0
+    (call,) = [r for r in legacy_upstream.seen() if r["rpc_method"] == "tools/call"]
+    session = call["headers"]["mcp-session-id"]
+    deletes = [r for r in legacy_upstream.seen() if r["method"] == "DELETE"]
+    assert [r["headers"].get("mcp-session-id") for r in deletes] == [session]
