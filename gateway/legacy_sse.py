@@ -13,7 +13,8 @@ the server's own requests all arrive on the stream. So:
   of different agents sharing a stream cannot collide; answers get the caller's id back;
 - a response goes to the call waiting for its id, progress to the call that asked for
   it; other notifications and the server's requests go to the newest call in flight, or
-  else to the session's standalone stream (GET);
+  else to the session's standalone stream (GET); on the session shared by stateless
+  agents, only to a call that is alone in flight (see `replies.unclaimed_to`);
 - a stream that breaks off fails the calls in flight with a clear error, and the
   session's next call opens a fresh stream (re-initialized with the agent's original
   parameters); a stream without calls for GATEWAY_SESSION_IDLE_TIMEOUT is closed.
@@ -36,7 +37,14 @@ from django.conf import settings
 
 from . import jsonrpc, protocol, sse
 from .jsonrpc import Message
-from .replies import Accepted, Answered, DetectsEra, ListenerReply, refused_discover
+from .replies import (
+    Accepted,
+    Answered,
+    DetectsEra,
+    ListenerReply,
+    refused_discover,
+    unclaimed_to,
+)
 from .upstream import (
     USER_AGENT,
     InitializeRefused,
@@ -110,6 +118,8 @@ class SseStream:
         self.last_used = time.monotonic()
         self.end_reason = ""
         self.closing = False
+        # Whether this is the session kept for stateless agents (`shared_session`).
+        self.shared = False
         self._response: httpx.Response | None = None
         self._reader: asyncio.Task[None] | None = None
         self._announced: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -251,9 +261,10 @@ class SseStream:
             if call is not None:
                 call.queue.put_nowait(message)
                 return
-        # Whatever belongs to no known call goes to the newest call in flight, else to
-        # the standalone stream (if the agent opened one).
-        targets = [c.queue for c in self.calls.values()][-1:] or self.listeners[-1:]
+        calls = [c.queue for c in self.calls.values()]
+        targets = unclaimed_to(
+            message, calls, self.listeners, shared=self.shared, upstream=self.name
+        )
         for queue in targets:
             queue.put_nowait(message)
 
@@ -653,6 +664,7 @@ class LegacySseUpstream(DetectsEra):
                 if shared is not None:
                     await self.end_session(shared)
                 self._shared = await self.initialize(protocol.gateway_initialize_params())
+                self.streams[self._shared.session_id].shared = True
             assert self._shared is not None
             return self._shared
 

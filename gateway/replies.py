@@ -3,6 +3,7 @@ the replies the gateway makes up itself."""
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -12,6 +13,8 @@ from django.conf import settings
 
 from . import jsonrpc, sse
 from .jsonrpc import Message
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -131,3 +134,34 @@ class DetectsEra:
         if await self.is_modern():
             return self._era_state().discover_result
         return None
+
+
+def unclaimed_to(
+    message: Message,
+    calls: list[asyncio.Queue[Message | None]],
+    listeners: list[asyncio.Queue[Message | None]],
+    *,
+    shared: bool,
+    upstream: str,
+) -> list[asyncio.Queue[Message | None]]:
+    """Where a message from a stdio or HTTP+SSE upstream that names no call goes (a log
+    message, a change notification, a request of the server's own): the newest call in
+    flight, which in an agent's own session is that agent's; with none in flight, the
+    session's standalone stream, if the agent opened one.
+
+    The session a gateway process keeps for stateless (2026-07-28) agents carries calls of
+    several agents at once: there, such a message goes to a call only when it is the one
+    in flight, and is dropped when there are several, since it could belong to any of
+    them and must not reach another agent."""
+    if not calls:
+        return listeners[-1:]
+    if shared and len(calls) > 1:
+        log.info(
+            "upstream %s sent %s on the shared session of stateless agents with %d calls in "
+            "flight; it names none of them, so none gets it",
+            upstream,
+            message.method or "a message",
+            len(calls),
+        )
+        return []
+    return calls[-1:]

@@ -43,7 +43,14 @@ from django.conf import settings
 
 from . import jsonrpc, protocol, sse
 from .jsonrpc import Message
-from .replies import Accepted, Answered, DetectsEra, ListenerReply, refused_discover
+from .replies import (
+    Accepted,
+    Answered,
+    DetectsEra,
+    ListenerReply,
+    refused_discover,
+    unclaimed_to,
+)
 from .upstream import InitializeRefused, LegacySession, SessionExpired, UpstreamFailure
 
 log = logging.getLogger(__name__)
@@ -91,6 +98,8 @@ class StdioProcess:
         self.last_used = time.monotonic()
         self.exit_reason = ""
         self.closing = False
+        # Whether it serves stateless agents (`shared_session`, `_sessionless_process`).
+        self.shared = False
         # The request (upstream id) each progress token sent to the server belongs to.
         self.tokens: dict[Any, Any] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -185,9 +194,16 @@ class StdioProcess:
             else None
         )
         owner = self.pending.get(self.tokens.get(token)) if isinstance(token, str) else None
-        targets = [owner] if owner is not None else []
-        if not targets:
-            targets = list(self.pending.values())[-1:] or self.listeners[-1:]
+        if owner is not None:
+            targets = [owner]
+        else:
+            targets = unclaimed_to(
+                message,
+                list(self.pending.values()),
+                self.listeners,
+                shared=self.shared,
+                upstream=self.upstream.slug,
+            )
         for queue in targets:
             queue.put_nowait(message)
 
@@ -387,6 +403,7 @@ class StdioUpstream(DetectsEra):
             and protocol.MODERN_VERSION in result["supportedVersions"]
         )
         if modern and process.alive:
+            process.shared = True
             async with self._sessionless_lock:
                 previous, self._sessionless = self._sessionless, process
             if previous is not None and previous is not process:
@@ -402,6 +419,7 @@ class StdioUpstream(DetectsEra):
             process = self._sessionless
             if process is None or not process.alive or process.key not in self.processes:
                 process = self._sessionless = await self._spawn()
+                process.shared = True
             return process
 
     async def _spawn(self) -> StdioProcess:
@@ -576,6 +594,7 @@ class StdioUpstream(DetectsEra):
             alive = self._shared is not None and self._shared.session_id in self.processes
             if not alive or self._shared is renew:
                 self._shared = await self.initialize(protocol.gateway_initialize_params())
+                self.processes[self._shared.session_id].shared = True
             assert self._shared is not None
             return self._shared
 

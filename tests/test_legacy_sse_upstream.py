@@ -5,17 +5,20 @@ server over SSE is exercised in test_server_everything.py.
 """
 
 import asyncio
+import json
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from django.core.management import CommandError, call_command
 from mcp.shared.exceptions import MCPError
 
 from tests.conftest import FIXTURES, Server, free_port, issue_token, stop, wait_for_port
 from tests.support.clients import mcp_client
+from tests.test_admission_cache import modern_call, modern_headers
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -270,3 +273,52 @@ def test_sse_connection_through_the_console_api(alice, client):
     )
     assert missing.status_code == 400
     assert "url" in missing.json()
+
+
+def logged_notes(sse_body: str) -> list[str]:
+    """The data of the log messages in a call's SSE answer."""
+    notes = []
+    for line in sse_body.splitlines():
+        if line.startswith("data:") and line[5:].strip():
+            message = json.loads(line[5:])
+            if message.get("method") == "notifications/message":
+                notes.append(message["params"]["data"])
+    return notes
+
+
+async def stateless_call(url: str, token: str, tool: str, note: str) -> list[str]:
+    """A 2026-07-28 call (no session); the notes logged to its caller."""
+    async with httpx.AsyncClient(timeout=30) as http:
+        answer = await http.post(
+            url, headers=modern_headers(token, tool), json=modern_call(tool, {"note": note})
+        )
+    assert answer.status_code == 200, answer.text
+    assert '"result"' in answer.text, answer.text
+    return logged_notes(answer.text)
+
+
+@pytest.mark.parametrize("transport", ["sse", "stdio"])
+async def test_stateless_agents_sharing_an_upstream_session_never_get_each_others_logs(
+    alice, gateway, transport, request
+):
+    # A 2024-11-05 server's log messages name no request. Stateless agents' calls share the
+    # session the gateway keeps with it: a log message may go to a call only when that call
+    # is alone in flight.
+    if transport == "sse":
+        server, _catcher = start_sse_fixture()
+        request.addfinalizer(lambda: stop(server.process))
+        sse_connection("chatty", server.url)
+        tool = "note"
+    else:
+        stdio_connection("chatty", str(FIXTURES / "stdio_faulty.py"), "chatty")
+        tool = "work"
+    url = f"{gateway.url}/mcp/chatty"
+    first, second = issue_token("alice", "--run", "first"), issue_token("alice", "--run", "second")
+
+    assert await stateless_call(url, first, tool, "alone") == ["alone"]
+    notes = await asyncio.gather(
+        stateless_call(url, first, tool, "from first"),
+        stateless_call(url, second, tool, "from second"),
+    )
+    assert "from second" not in notes[0]
+    assert "from first" not in notes[1]
