@@ -7,6 +7,10 @@ email package, which makes a new class for each header it parses: about 70 µs o
 call, and a dozen objects in reference cycles that only the garbage collector frees (nearly
 all it found to free under the benchmark; its collections stop the event loop).
 
+Access log: Twisted also formats a combined-log line for every request and hands it to its
+own log, which daphne passes on to the `daphne.server` logger at INFO, below the level it
+records. daphne writes the access log that operators read (`--access-log`, or stdout) itself.
+
 Shutdown: daphne stops on SIGTERM or SIGINT by stopping Twisted's reactor, and has no ASGI
 lifespan events. Before the reactor stops, the gateway ends the upstream sessions and server
 processes this process opened for itself (`gateway.upstream.close_all`): the session it keeps
@@ -33,6 +37,21 @@ class WebRequest(http_protocol.WebRequest):
     def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         kwargs["parsePOSTFormSubmission"] = False
         super().__init__(*args, **kwargs)
+
+
+class HTTPFactory(http_protocol.HTTPFactory):
+    """daphne's factory, without Twisted's access log line."""
+
+    def log(self, request: object) -> None:
+        return None
+
+
+def skip_twisted_access_log() -> None:
+    """daphne's server builds its factory from the name it imported (`daphne.server`)."""
+    from daphne import server
+
+    if not issubclass(server.HTTPFactory, HTTPFactory):
+        server.HTTPFactory = HTTPFactory
 
 
 def skip_form_parsing() -> None:

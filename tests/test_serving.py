@@ -8,9 +8,10 @@ from types import SimpleNamespace
 
 import httpx
 import pytest
-from daphne.http_protocol import HTTPFactory
+from daphne import server as daphne_server
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
+from twisted.logger import globalLogPublisher
 
 from mcpgw import serving
 from tests.conftest import Server, add_connection, issue_token, start_gateway, stop
@@ -33,20 +34,25 @@ def _post(content_type: str, body: bytes) -> bytes:
     return head.encode() + body
 
 
-def test_post_bodies_reach_the_application_whole_without_twisted_parsing_them() -> None:
-    serving.skip_form_parsing()
-    serving.skip_form_parsing()  # idempotent: asgi.py may be loaded again in one process
+def test_posts_reach_the_application_whole_and_twisted_neither_parses_nor_logs_them() -> None:
+    for adjust in (serving.skip_form_parsing, serving.skip_twisted_access_log) * 2:
+        adjust()  # twice: asgi.py may be loaded again in one process
     scopes: list[dict] = []
     queue = _ApplicationQueue()
+    twisted_events: list[dict] = []
+    received: list = []  # daphne's request objects, which the application answers through
 
-    def create_application(protocol: object, scope: dict) -> _ApplicationQueue:
+    def create_application(request: object, scope: dict) -> _ApplicationQueue:
         scopes.append(scope)
+        received.append(request)
         return queue
 
     server = SimpleNamespace(
         protocol_connected=lambda request: None,
         protocol_disconnected=lambda request: None,
         create_application=create_application,
+        log_action=lambda *args: None,
+        server_name="daphne",
         root_path="",
         request_buffer_size=8192,
         proxy_forwarded_address_header=None,
@@ -58,24 +64,37 @@ def test_post_bodies_reach_the_application_whole_without_twisted_parsing_them() 
         ("application/x-www-form-urlencoded", b"username=admin&password=x"),
         ("multipart/form-data; boundary=zz", b'--zz\r\nContent-Disposition: form-data; name="a"'),
     ] * 5
+    transports = []
+    factory = daphne_server.HTTPFactory(server)  # the factory daphne's server makes
+    factory.startFactory()
     gc.collect()
     gc.disable()  # the header classes Twisted used to make would linger until collected
+    globalLogPublisher.addObserver(twisted_events.append)
     try:
         classes_before = len(ContentTypeHeader.__subclasses__())
         for content_type, body in requests:
-            protocol = HTTPFactory(server).buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
-            protocol.makeConnection(StringTransport())
+            protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+            transports.append(StringTransport())
+            protocol.makeConnection(transports[-1])
             protocol.dataReceived(_post(content_type, body))
+            # The application's answer.
+            received[-1].handle_reply({"type": "http.response.start", "status": 200})
+            received[-1].handle_reply({"type": "http.response.body", "body": b"{}"})
         classes_after = len(ContentTypeHeader.__subclasses__())
     finally:
+        globalLogPublisher.removeObserver(twisted_events.append)
         gc.enable()
+        factory.stopFactory()
 
     assert [s["method"] for s in scopes] == ["POST"] * len(requests)
     bodies = [m["body"] for m in queue.messages if m["type"] == "http.request"]
     assert bodies == [body for _, body in requests]
+    assert all(t.value().startswith(b"HTTP/1.1 200 OK\r\n") for t in transports)
     # Twisted parsed each POST's Content-Type with the email package, which makes a class
     # per header parsed (and reference cycles only the collector frees).
     assert classes_after == classes_before
+    # Nor does Twisted format an access-log line of its own for each request.
+    assert not [e for e in twisted_events if "/mcp/bench" in str(e.get("log_io", ""))]
 
 
 @pytest.mark.django_db(transaction=True)
