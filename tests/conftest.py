@@ -107,6 +107,46 @@ def json_upstream() -> Iterator[Server]:
     stop(server.process)
 
 
+NODE_MODULES = ROOT / ".tools" / "node" / "node_modules"
+NODE = NODE_MODULES / "node" / "bin" / "node"
+# The reference server from npm (@modelcontextprotocol/server-everything).
+EVERYTHING = NODE_MODULES / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"
+
+
+def start_everything(transport: str, path: str) -> Server:
+    if not NODE.exists() or not EVERYTHING.exists():
+        pytest.fail("Node tools missing: run `bash tests/support/install_node_tools.sh`")
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            str(NODE),
+            "--require",
+            str(ROOT / "tests" / "support" / "loopback.cjs"),
+            str(EVERYTHING),
+            transport,
+        ],
+        env={**os.environ, "PORT": str(port)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for_port(port, process)
+    return Server(f"http://127.0.0.1:{port}{path}", port, process)
+
+
+@pytest.fixture(scope="module")
+def everything() -> Iterator[Server]:
+    server = start_everything("streamableHttp", "/mcp")
+    yield server
+    stop(server.process)
+
+
+@pytest.fixture(scope="module")
+def everything_sse() -> Iterator[Server]:
+    server = start_everything("sse", "/sse")
+    yield server
+    stop(server.process)
+
+
 def _database_url() -> str:
     db = settings.DATABASES["default"]
     if db["ENGINE"].endswith("sqlite3"):

@@ -22,20 +22,18 @@ from django.core.management import call_command
 
 from audit.models import AuditRecord, Kind
 from tests.conftest import (
-    ROOT,
+    EVERYTHING,
+    NODE,
+    NODE_MODULES,
     Server,
     add_connection,
     issue_token,
     start_gateway,
     stop,
 )
-from tests.test_server_everything import start_everything as start_server_everything
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-NODE_MODULES = ROOT / ".tools" / "node" / "node_modules"
-NODE = NODE_MODULES / "node" / "bin" / "node"
-EVERYTHING = NODE_MODULES / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"
 INSPECTOR = NODE_MODULES / "@modelcontextprotocol" / "inspector"
 
 STATIC_DOCUMENT = "demo://resource/static/document/architecture.md"
@@ -43,30 +41,10 @@ STATIC_DOCUMENT = "demo://resource/static/document/architecture.md"
 
 def inspector_entry() -> Path:
     """The `mcp-inspector` bin of the installed package (its launcher takes --cli)."""
+    if not (INSPECTOR / "package.json").exists():
+        pytest.fail("Node tools missing: run `bash tests/support/install_node_tools.sh`")
     package = json.loads((INSPECTOR / "package.json").read_text())
     return INSPECTOR / package["bin"]["mcp-inspector"]
-
-
-def start_everything(mode: str, path: str) -> Server:
-    if not NODE.exists() or not (INSPECTOR / "package.json").exists():
-        pytest.fail("Node tools missing: run `bash tests/support/install_node_tools.sh`")
-    return start_server_everything(mode, path)
-
-
-@pytest.fixture(scope="module")
-def everything() -> Iterator[Server]:
-    """server-everything in streamableHttp mode."""
-    server = start_everything("streamableHttp", "/mcp")
-    yield server
-    stop(server.process)
-
-
-@pytest.fixture(scope="module")
-def everything_sse() -> Iterator[Server]:
-    """server-everything in its legacy HTTP+SSE mode."""
-    server = start_everything("sse", "/sse")
-    yield server
-    stop(server.process)
 
 
 @pytest.fixture(scope="module")

@@ -1,61 +1,13 @@
 """The reference server from npm (@modelcontextprotocol/server-everything) behind the
 gateway, on each of its transports: Streamable HTTP, HTTP+SSE and stdio."""
 
-import os
-import subprocess
-from collections.abc import Iterator
-
 import pytest
 from django.core.management import call_command
 
-from tests.conftest import ROOT, Server, add_connection, free_port, issue_token, stop, wait_for_port
+from tests.conftest import EVERYTHING, NODE, add_connection, issue_token
 from tests.support.clients import mcp_client
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-NODE = ROOT / ".tools" / "node" / "node_modules" / "node" / "bin" / "node"
-EVERYTHING = (
-    ROOT
-    / ".tools"
-    / "node"
-    / "node_modules"
-    / "@modelcontextprotocol"
-    / "server-everything"
-    / "dist"
-    / "index.js"
-)
-
-
-def start_everything(transport: str, path: str) -> Server:
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            str(NODE),
-            "--require",
-            str(ROOT / "tests" / "support" / "loopback.cjs"),
-            str(EVERYTHING),
-            transport,
-        ],
-        env={**os.environ, "PORT": str(port)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_for_port(port, process)
-    return Server(f"http://127.0.0.1:{port}{path}", port, process)
-
-
-@pytest.fixture(scope="module")
-def everything() -> Iterator[Server]:
-    server = start_everything("streamableHttp", "/mcp")
-    yield server
-    stop(server.process)
-
-
-@pytest.fixture(scope="module")
-def everything_sse() -> Iterator[Server]:
-    server = start_everything("sse", "/sse")
-    yield server
-    stop(server.process)
 
 
 def register(upstream: str, request: pytest.FixtureRequest) -> str:
