@@ -99,7 +99,7 @@ async def test_calls_go_over_the_stream_with_the_connections_credentials(
     token = issue_token("alice")
     async with mcp_client(f"{gateway.url}/mcp/sse-work", token, mode) as client:
         tools = {tool.name for tool in (await client.list_tools()).tools}
-        assert tools == {"work", "drop", "silent"}
+        assert tools == {"work", "drop", "silent", "note"}
         results = await asyncio.gather(*(client.call_tool("work", {}) for _ in range(5)))
         assert [r.content[0].text for r in results] == ["worked"] * 5
     requests = [entry for entry in sse_upstream.seen() if "method" in entry]
