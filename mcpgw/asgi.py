@@ -33,8 +33,7 @@ from mcpgw import periodic, serving  # noqa: E402
 get_resolver().url_patterns  # noqa: B018 - loading it imports the views
 current_app.loader.import_default_modules()
 periodic.start()
-serving.skip_form_parsing()
-serving.skip_twisted_access_log()
+serving.use_lean_factory()
 serving.end_upstreams_at_shutdown()
 
 # What is loaded by now (Django, the apps, the libraries) lives as long as the process.

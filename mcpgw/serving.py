@@ -40,24 +40,23 @@ class WebRequest(http_protocol.WebRequest):
 
 
 class HTTPFactory(http_protocol.HTTPFactory):
-    """daphne's factory, without Twisted's access log line."""
+    """daphne's factory, making the requests above and without Twisted's access log line."""
+
+    def buildProtocol(self, addr):  # type: ignore[no-untyped-def]
+        protocol = super().buildProtocol(addr)
+        protocol.requestFactory = WebRequest
+        return protocol
 
     def log(self, request: object) -> None:
         return None
 
 
-def skip_twisted_access_log() -> None:
-    """daphne's server builds its factory from the name it imported (`daphne.server`)."""
+def use_lean_factory() -> None:
+    """daphne's server makes its factory from the name it imported (`daphne.server`)."""
     from daphne import server
 
     if not issubclass(server.HTTPFactory, HTTPFactory):
         server.HTTPFactory = HTTPFactory
-
-
-def skip_form_parsing() -> None:
-    """daphne's factory builds each connection's requests from this module attribute."""
-    if not issubclass(http_protocol.WebRequest, WebRequest):
-        http_protocol.WebRequest = WebRequest
 
 
 def end_upstreams_at_shutdown() -> None:

@@ -35,8 +35,8 @@ def _post(content_type: str, body: bytes) -> bytes:
 
 
 def test_posts_reach_the_application_whole_and_twisted_neither_parses_nor_logs_them() -> None:
-    for adjust in (serving.skip_form_parsing, serving.skip_twisted_access_log) * 2:
-        adjust()  # twice: asgi.py may be loaded again in one process
+    serving.use_lean_factory()
+    serving.use_lean_factory()  # twice: asgi.py may be loaded again in one process
     scopes: list[dict] = []
     queue = _ApplicationQueue()
     twisted_events: list[dict] = []
