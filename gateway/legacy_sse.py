@@ -14,7 +14,8 @@ the server's own requests all arrive on the stream. So:
 - a response goes to the call waiting for its id, progress to the call that asked for
   it; other notifications and the server's requests go to the newest call in flight, or
   else to the session's standalone stream (GET); on the session shared by stateless
-  agents, only to a call that is alone in flight (see `replies.unclaimed_to`);
+  agents, only to a call that is alone in flight (see `replies.unclaimed_to`); a server
+  request that goes nowhere is answered with an error;
 - a stream that breaks off fails the calls in flight with a clear error, and the
   session's next call opens a fresh stream (re-initialized with the agent's original
   parameters); a stream without calls for GATEWAY_SESSION_IDLE_TIMEOUT is closed.
@@ -263,7 +264,7 @@ class SseStream:
                 return
         calls = [c.queue for c in self.calls.values()]
         targets = unclaimed_to(
-            message, calls, self.listeners, shared=self.shared, upstream=self.name
+            message, calls, self.listeners, shared=self.shared, upstream=self.name, reply=self.post
         )
         for queue in targets:
             queue.put_nowait(message)

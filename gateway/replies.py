@@ -5,7 +5,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,6 +143,7 @@ def unclaimed_to(
     *,
     shared: bool,
     upstream: str,
+    reply: Callable[[dict[str, Any]], Awaitable[None]],
 ) -> list[asyncio.Queue[Message | None]]:
     """Where a message from a stdio or HTTP+SSE upstream that names no call goes (a log
     message, a change notification, a request of the server's own): the newest call in
@@ -152,9 +153,15 @@ def unclaimed_to(
     The session a gateway process keeps for stateless (2026-07-28) agents carries calls of
     several agents at once: there, such a message goes to a call only when it is the one
     in flight, and is dropped when there are several, since it could belong to any of
-    them and must not reach another agent."""
+    them and must not reach another agent.
+
+    A request of the server's that goes nowhere is answered with an error (sent with
+    `reply`), so that the server does not wait for an answer that cannot come."""
     if not calls:
-        return listeners[-1:]
+        if listeners:
+            return listeners[-1:]
+        _refuse(message, reply, upstream, "no call is in flight and no agent listens")
+        return []
     if shared and len(calls) > 1:
         log.info(
             "upstream %s sent %s on the shared session of stateless agents with %d calls in "
@@ -163,5 +170,43 @@ def unclaimed_to(
             message.method or "a message",
             len(calls),
         )
+        _refuse(
+            message,
+            reply,
+            upstream,
+            f"it names none of the {len(calls)} calls of different agents in flight on this "
+            "session",
+        )
         return []
     return calls[-1:]
+
+
+# Refusals being sent (a task must be referenced until it ends).
+_refusals: set[asyncio.Task[None]] = set()
+
+
+def _refuse(
+    message: Message,
+    reply: Callable[[dict[str, Any]], Awaitable[None]],
+    upstream: str,
+    reason: str,
+) -> None:
+    if not message.is_request:
+        return
+    error = {
+        "code": jsonrpc.INVALID_REQUEST,
+        "message": f"The gateway has no agent to pass {message.method} to: {reason}.",
+    }
+    payload = {"jsonrpc": "2.0", "id": message.id, "error": error}
+    task = asyncio.get_running_loop().create_task(_send_refusal(reply, payload, upstream))
+    _refusals.add(task)
+    task.add_done_callback(_refusals.discard)
+
+
+async def _send_refusal(
+    reply: Callable[[dict[str, Any]], Awaitable[None]], payload: dict[str, Any], upstream: str
+) -> None:
+    try:
+        await reply(payload)
+    except Exception as exc:  # the session ended meanwhile: nobody waits any more
+        log.info("upstream %s: could not refuse its request: %s", upstream, exc)

@@ -203,6 +203,7 @@ class StdioProcess:
                 self.listeners,
                 shared=self.shared,
                 upstream=self.upstream.slug,
+                reply=self.write,
             )
         for queue in targets:
             queue.put_nowait(message)

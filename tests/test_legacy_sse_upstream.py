@@ -286,15 +286,43 @@ def logged_notes(sse_body: str) -> list[str]:
     return notes
 
 
-async def stateless_call(url: str, token: str, tool: str, note: str) -> list[str]:
-    """A 2026-07-28 call (no session); the notes logged to its caller."""
+async def stateless_answer(url: str, token: str, tool: str, note: str = "") -> str:
+    """The body of a 2026-07-28 call's answer (no session)."""
     async with httpx.AsyncClient(timeout=30) as http:
         answer = await http.post(
             url, headers=modern_headers(token, tool), json=modern_call(tool, {"note": note})
         )
     assert answer.status_code == 200, answer.text
     assert '"result"' in answer.text, answer.text
-    return logged_notes(answer.text)
+    return answer.text
+
+
+async def stateless_call(url: str, token: str, tool: str, note: str) -> list[str]:
+    """A 2026-07-28 call (no session); the notes logged to its caller."""
+    return logged_notes(await stateless_answer(url, token, tool, note))
+
+
+async def refused_server_requests(
+    transport: str, server: Server | None, url: str, token: str
+) -> set[str]:
+    """The ids of the server's own requests that the gateway answered with -32600: as the
+    SSE fixture saw them POSTed, or as the stdio fixture's `answers` tool reports them."""
+    if server is not None:
+        responses = [entry["response"] for entry in server.seen() if entry.get("response")]
+    else:
+        body = await stateless_answer(url, token, "answers")
+        result = next(
+            json.loads(line[5:])["result"]
+            for line in body.splitlines()
+            if line.startswith("data:") and '"result"' in line
+        )
+        responses = json.loads(result["content"][0]["text"])
+    return {
+        response["id"]
+        for response in responses
+        if response.get("error", {}).get("code") == -32600
+        and "no agent to pass ping to" in response["error"]["message"]
+    }
 
 
 @pytest.mark.parametrize("transport", ["sse", "stdio"])
@@ -304,6 +332,7 @@ async def test_stateless_agents_sharing_an_upstream_session_never_get_each_other
     # A 2024-11-05 server's log messages name no request. Stateless agents' calls share the
     # session the gateway keeps with it: a log message may go to a call only when that call
     # is alone in flight.
+    server: Server | None = None
     if transport == "sse":
         server, _catcher = start_sse_fixture()
         request.addfinalizer(lambda: stop(server.process))
@@ -322,3 +351,43 @@ async def test_stateless_agents_sharing_an_upstream_session_never_get_each_other
     )
     assert "from second" not in notes[0]
     assert "from first" not in notes[1]
+    # With each log message the server sent a ping of its own. The one sent while both
+    # calls were in flight went to no agent, so the gateway answered it with an error
+    # instead of leaving the server waiting; the others went to the agent's call.
+    refused = await refused_server_requests(transport, server, url, first)
+    assert len(refused & {"ping-from first", "ping-from second"}) == 1, refused
+    assert "ping-alone" not in refused
+
+
+async def test_a_server_request_nobody_can_take_is_answered_with_an_error():
+    # What a stdio or HTTP+SSE upstream sends naming no call, with no call in flight and no
+    # agent listening: a notification is dropped, a request answered so the server does not
+    # wait; with a listener, both go to it.
+    from gateway.jsonrpc import Message
+    from gateway.replies import unclaimed_to
+
+    sent: list[dict] = []
+
+    async def reply(payload: dict) -> None:
+        sent.append(payload)
+
+    ping = Message({"jsonrpc": "2.0", "id": 7, "method": "roots/list"})
+    log = Message({"jsonrpc": "2.0", "method": "notifications/message", "params": {}})
+    for message in (log, ping):
+        assert unclaimed_to(message, [], [], shared=False, upstream="u", reply=reply) == []
+    await asyncio.sleep(0)
+    assert sent == [
+        {
+            "jsonrpc": "2.0",
+            "id": 7,
+            "error": {
+                "code": -32600,
+                "message": "The gateway has no agent to pass roots/list to: no call is in "
+                "flight and no agent listens.",
+            },
+        }
+    ]
+    listener: asyncio.Queue = asyncio.Queue()
+    assert unclaimed_to(ping, [], [listener], shared=False, upstream="u", reply=reply) == [listener]
+    await asyncio.sleep(0)
+    assert len(sent) == 1
