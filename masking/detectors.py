@@ -454,13 +454,26 @@ _RUN_AFTER = re.compile(rb"(?:-?0)+")
 _RUN_BEFORE = re.compile(rb"(?:0-?)+\Z")
 
 
-def _in_too_long_a_run(joined: bytes, position: int) -> bool:
-    after = _RUN_AFTER.match(joined, position)
-    digits = after.group().count(b"0") if after else 0
-    if digits < 13:
-        before = _RUN_BEFORE.search(joined, max(0, position - 24), position)
-        digits += before.group().count(b"0") if before else 0
-    return digits >= 13
+def _outside_long_runs(joined: bytes, positions: list[int]) -> list[int]:
+    """The positions (ascending, each on a digit of the joined shape) that are not in a run
+    of thirteen or more digits. A run is measured once for all the positions in it (a
+    grouped card number holds three)."""
+    kept = []
+    run_end = -1
+    for position in positions:
+        if position < run_end:
+            continue
+        after = _RUN_AFTER.match(joined, position)
+        digits = after.group().count(b"0") if after else 0
+        if digits < 13:
+            # A run that reaches past the 24 characters looked at holds 12 digits there.
+            before = _RUN_BEFORE.search(joined, max(0, position - 24), position)
+            digits += before.group().count(b"0") if before else 0
+        if digits >= 13:
+            run_end = after.end() if after else position
+        else:
+            kept.append(position)
+    return kept
 
 
 # A bare number is a whole run of ten or eleven digits, not after a word character (on the
@@ -589,8 +602,9 @@ class PhoneDetector:
             windows += [(m.start(), m.start() + 40) for m in _PAREN_ANCHOR.finditer(shape)]
         windows += [
             (position - 8, position + 36)
-            for position in _matches_at(_NANP_ANCHOR, shape, views.group_pairs)
-            if not _in_too_long_a_run(joined, position)
+            for position in _matches_at(
+                _NANP_ANCHOR, shape, _outside_long_runs(joined, views.group_pairs)
+            )
         ]
         if views.may_contain("french"):
             french = _literal_hits(joined, (b"00-00-00-00",), overlapping=True)
