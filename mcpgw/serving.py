@@ -7,6 +7,14 @@ email package, which makes a new class for each header it parses: about 70 µs o
 call, and a dozen objects in reference cycles that only the garbage collector frees (nearly
 all it found to free under the benchmark; its collections stop the event loop).
 
+Finished requests: daphne forgets a request (its entry in the server's connections, which
+holds the application instance, its scope and its queue) in a sweep once a second. Under
+load that keeps a second's worth of requests alive: the collector's middle-generation
+collections walk all of them, and each sweep frees hundreds at once, both with the event
+loop stopped. The gateway's requests are forgotten as soon as their application instance
+has ended without an error; the sweep still handles the rest (errors, which it logs, and
+requests whose client went away).
+
 Access log: Twisted also formats a combined-log line for every request and hands it to its
 own log, which daphne passes on to the `daphne.server` logger at INFO, below the level it
 records. daphne writes the access log that operators read (`--access-log`, or stdout) itself.
@@ -32,11 +40,34 @@ SHUTDOWN_SECONDS = 5.0
 
 
 class WebRequest(http_protocol.WebRequest):
-    """daphne's request, without Twisted's parsing of form bodies."""
+    """daphne's request, without Twisted's parsing of form bodies, and let go of as soon as
+    its application instance has ended."""
 
     def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         kwargs["parsePOSTFormSubmission"] = False
         super().__init__(*args, **kwargs)
+
+    def finish(self):  # type: ignore[no-untyped-def]
+        super().finish()
+        details = self.server.connections.get(self)
+        instance = details.get("application_instance") if details else None
+        if instance is not None:
+            instance.add_done_callback(self._release)
+
+    def _release(self, instance: "asyncio.Future[None]") -> None:
+        """Forget this request, as daphne's once-a-second sweep (`application_checker`)
+        would, if its application ended without an error (an error is left to the sweep,
+        which logs it)."""
+        details = self.server.connections.get(self)
+        if (
+            details is None
+            or details.get("application_instance") is not instance
+            or "disconnected" not in details
+            or instance.cancelled()
+            or instance.exception() is not None
+        ):
+            return
+        del self.server.connections[self]
 
 
 class HTTPFactory(http_protocol.HTTPFactory):

@@ -2,6 +2,7 @@
 own HTTP protocol with an in-memory transport, and a real gateway process stopped as an
 operator stops it."""
 
+import asyncio
 import gc
 from email.headerregistry import ContentTypeHeader
 from types import SimpleNamespace
@@ -48,6 +49,7 @@ def test_posts_reach_the_application_whole_and_twisted_neither_parses_nor_logs_t
         return queue
 
     server = SimpleNamespace(
+        connections={},
         protocol_connected=lambda request: None,
         protocol_disconnected=lambda request: None,
         create_application=create_application,
@@ -95,6 +97,46 @@ def test_posts_reach_the_application_whole_and_twisted_neither_parses_nor_logs_t
     assert classes_after == classes_before
     # Nor does Twisted format an access-log line of its own for each request.
     assert not [e for e in twisted_events if "/mcp/bench" in str(e.get("log_io", ""))]
+
+
+async def test_a_request_is_let_go_of_when_its_application_ends_not_a_second_later() -> None:
+    # daphne keeps each request (with its application instance, scope and queue) in the
+    # server's connections until a sweep once a second; the gateway's requests go as soon
+    # as their application has ended. One that failed stays for the sweep, which logs it.
+    serving.use_lean_factory()
+
+    async def application(scope: dict, receive, send) -> None:  # type: ignore[no-untyped-def]
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+        await asyncio.sleep(0.05)  # work after the answer, as the outcome record is
+        if scope["path"] == "/mcp/fails":
+            raise RuntimeError("after the answer")
+
+    server = daphne_server.Server(application, endpoints=["tcp:port=0"])
+    server.connections = {}  # as Server.run makes it
+    factory = daphne_server.HTTPFactory(server)
+    requests = {}
+    for path in ("/mcp/ok", "/mcp/fails"):
+        known = set(server.connections)
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(
+            _post("application/json", b"{}").replace(b"/mcp/bench", path.encode())
+        )
+        (request,) = set(server.connections) - known
+        requests[path] = (request, transport)
+    for _ in range(100):
+        if all(t.value().startswith(b"HTTP/1.1 200 OK") for _, t in requests.values()):
+            break
+        await asyncio.sleep(0.01)
+    answered, failed = requests["/mcp/ok"][0], requests["/mcp/fails"][0]
+    assert answered in server.connections  # its application is still at work
+    await asyncio.sleep(0.2)
+    assert answered not in server.connections
+    assert failed in server.connections
+    assert isinstance(server.connections[failed]["application_instance"].exception(), RuntimeError)
 
 
 @pytest.mark.django_db(transaction=True)
