@@ -1521,19 +1521,36 @@ def scan(text: str, detectors: Iterable[Detector]) -> list[Finding]:
     When the detectors would search for several of the `_TRIGGERS`, one pass finds which
     occur first.
     """
-    if len(text) < _SHORTEST_FINDING:
-        return []
-    ordered = detectors if isinstance(detectors, (list, tuple)) else list(detectors)
-    if all(type(d) in _BUILTIN_TYPES for d in ordered) and not _SUSPICIOUS.search(text):
-        return []
-    if sum(len(getattr(d, "triggers", ())) for d in ordered) >= _SET_WORTH_IT:
-        _views(text).find_triggers()
-    found: list[tuple[Finding, int]] = []
-    for index, detector in enumerate(ordered):
-        found += [(f, index) for f in detector.find(text) if f.end > f.start]
-    if len(found) < 2:
-        return [f for f, _ in found]
-    return _resolve_overlaps(found)
+    return Scanner(detectors).scan(text)
+
+
+class Scanner:
+    """`scan` with one list of detectors, for many texts: what it works out from the
+    detectors alone (whether all are built-ins, whether the trigger set is worth a pass) is
+    worked out once. A masker scans every string of a result, often hundreds of short ones."""
+
+    __slots__ = ("builtin_only", "detectors", "use_trigger_set")
+
+    def __init__(self, detectors: Iterable[Detector]) -> None:
+        self.detectors = tuple(detectors)
+        self.builtin_only = all(type(d) in _BUILTIN_TYPES for d in self.detectors)
+        self.use_trigger_set = (
+            sum(len(getattr(d, "triggers", ())) for d in self.detectors) >= _SET_WORTH_IT
+        )
+
+    def scan(self, text: str) -> list[Finding]:
+        if len(text) < _SHORTEST_FINDING:
+            return []
+        if self.builtin_only and not _SUSPICIOUS.search(text):
+            return []
+        if self.use_trigger_set:
+            _views(text).find_triggers()
+        found: list[tuple[Finding, int]] = []
+        for index, detector in enumerate(self.detectors):
+            found += [(f, index) for f in detector.find(text) if f.end > f.start]
+        if len(found) < 2:
+            return [f for f, _ in found]
+        return _resolve_overlaps(found)
 
 
 _START = itemgetter(0)  # a finding's start

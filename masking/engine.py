@@ -20,7 +20,7 @@ from typing import Any
 
 import re2
 
-from .detectors import BUILTIN_DETECTORS, Detector, Finding, scan
+from .detectors import BUILTIN_DETECTORS, Detector, Finding, Scanner
 
 MAX_DEPTH = 64
 _DETECTOR = itemgetter(3)  # a finding's detector
@@ -113,6 +113,7 @@ class Masker:
             if rule.detector.name not in self._rule_of:
                 self._rule_of[rule.detector.name] = rule
                 self.detectors.append(rule.detector)
+        self._scanner = Scanner(self.detectors)
         # The replacement of each detector whose rule replaces every value with its label.
         self._labels = {
             name: self.replacement(rule, "")
@@ -146,7 +147,7 @@ class Masker:
     def mask_text(self, text: str, report: Report) -> str:
         if not self.detectors or not text:
             return text
-        findings = scan(text, self.detectors)
+        findings = self._scanner.scan(text)
         if not findings:
             return text
         # A result may hold hundreds of values: the loop stays lean, and the report is
@@ -186,7 +187,7 @@ class Masker:
             return [self.mask_json(item, report, items, depth + 1) for item in value]
         if isinstance(value, int | float) and not isinstance(value, bool):
             text = str(value)
-            findings = scan(text, self.detectors) if self.detectors else []
+            findings = self._scanner.scan(text) if self.detectors else []
             if findings and findings[0].start == 0 and findings[0].end == len(text):
                 rule = self._rule_of[findings[0].detector]
                 report.add(rule)

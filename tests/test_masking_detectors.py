@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from masking.detectors import BUILTIN_DETECTORS, ENTITIES, Finding, scan
+from masking.detectors import BUILTIN_DETECTORS, ENTITIES, Finding, Scanner, scan
 from masking.evaluation import evaluate, generate
 
 ALL = list(BUILTIN_DETECTORS.values())
@@ -264,6 +264,11 @@ def test_fast_path_never_hides_a_finding() -> None:
         texts += [sample.text, *sample.text.split("\n")]
     for text in texts:
         assert scan(text, ALL) == scan(text, wrapped)
+    # A Scanner (what a masker keeps) works out the same once for all texts.
+    kept, kept_wrapped = Scanner(ALL), Scanner(wrapped)
+    assert (kept.builtin_only, kept_wrapped.builtin_only) == (True, False)
+    for text in texts:
+        assert kept.scan(text) == kept_wrapped.scan(text) == scan(text, ALL)
 
 
 def test_findings_after_text_outside_ascii_keep_their_positions() -> None:
