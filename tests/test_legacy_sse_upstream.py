@@ -371,9 +371,9 @@ async def test_a_server_request_nobody_can_take_is_answered_with_an_error():
     async def reply(payload: dict) -> None:
         sent.append(payload)
 
-    ping = Message({"jsonrpc": "2.0", "id": 7, "method": "roots/list"})
+    roots = Message({"jsonrpc": "2.0", "id": 7, "method": "roots/list"})
     log = Message({"jsonrpc": "2.0", "method": "notifications/message", "params": {}})
-    for message in (log, ping):
+    for message in (log, roots):
         assert unclaimed_to(message, [], [], shared=False, upstream="u", reply=reply) == []
     await asyncio.sleep(0)
     assert sent == [
@@ -388,6 +388,8 @@ async def test_a_server_request_nobody_can_take_is_answered_with_an_error():
         }
     ]
     listener: asyncio.Queue = asyncio.Queue()
-    assert unclaimed_to(ping, [], [listener], shared=False, upstream="u", reply=reply) == [listener]
+    assert unclaimed_to(roots, [], [listener], shared=False, upstream="u", reply=reply) == [
+        listener
+    ]
     await asyncio.sleep(0)
     assert len(sent) == 1
