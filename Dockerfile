@@ -12,7 +12,14 @@ RUN pip install --no-cache-dir uv \
 
 WORKDIR /app
 COPY pyproject.toml uv.lock .python-version ./
-RUN uv sync --frozen --no-dev --no-install-project
+# The e-mail and card detectors are a C extension (native/): built here, then the compiler
+# is removed again.
+COPY native ./native
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && uv sync --frozen --no-dev --no-install-project \
+    && apt-get purge -y --auto-remove gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 COPY . .
 
 USER gateway

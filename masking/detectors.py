@@ -84,6 +84,7 @@ import base64
 import binascii
 import ipaddress
 import json
+import logging
 import re
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
@@ -93,6 +94,15 @@ from typing import NamedTuple, Protocol
 
 import phonenumbers
 import re2
+
+try:  # the C implementation of the e-mail and card detectors (native/masking_native.c)
+    import masking_native as _native
+except ImportError:  # not built: their Python implementations below run instead
+    _native = None
+    logging.getLogger(__name__).warning(
+        "masking_native is not installed (it is built from native/ by `uv sync`, which needs "
+        "a C compiler): the e-mail and card detectors run in Python, several times slower"
+    )
 
 
 class Finding(NamedTuple):
@@ -284,7 +294,7 @@ class _Views:
         """(start, end) of every run of nine or more digits, in order: bare phone numbers,
         compact card numbers and bare SSNs are among them."""
         if self._long_runs is None:
-            self._long_runs = [m.span() for m in _LONG_RUN.finditer(self.shape)]
+            self._long_runs = (_native or _Searches).runs(self.shape, 48, 9)  # 48: b"0"
         return self._long_runs
 
     @property
@@ -293,14 +303,33 @@ class _Views:
         three digits and a group of at least three, as in NANP phone numbers and grouped
         card numbers."""
         if self._group_pairs is None:
-            joined = self.joined
-            hits = []
-            position = joined.find(b"000-000")
-            while position != -1:
-                hits.append(position)
-                position = joined.find(b"000-000", position + 1)
-            self._group_pairs = hits
+            self._group_pairs = (_native or _Searches).positions(self.joined, b"000-000")
         return self._group_pairs
+
+
+class _Searches:
+    """The specification of the shared searches of `masking_native`, which find the same."""
+
+    @staticmethod
+    def runs(data: bytes, byte: int, minimum: int) -> list[tuple[int, int]]:
+        """(start, end) of every maximal run of `byte` at least `minimum` long."""
+        pattern = _LONG_RUN if (byte, minimum) == (48, 9) else _run_pattern(byte, minimum)
+        return [m.span() for m in pattern.finditer(data)]
+
+    @staticmethod
+    def positions(data: bytes, literal: bytes) -> list[int]:
+        """Every start of `literal` in `data`, overlaps included."""
+        hits = []
+        position = data.find(literal)
+        while position != -1:
+            hits.append(position)
+            position = data.find(literal, position + 1)
+        return hits
+
+
+@cache
+def _run_pattern(byte: int, minimum: int) -> re.Pattern[bytes]:
+    return re.compile(re.escape(bytes([byte])) + b"{%d,}" % minimum)
 
 
 _last_views: _Views | None = None
@@ -355,6 +384,12 @@ class EmailDetector:
     entity = "EMAIL"
 
     def find(self, text: str) -> Iterator[Finding]:
+        if _native is None or "@" not in text:
+            return self.find_python(text)
+        return iter(_native.email_findings(text, Finding, self.entity, self.name))
+
+    def find_python(self, text: str) -> Iterator[Finding]:
+        """The specification of `masking_native.email_findings`, which finds the same."""
         at = text.find("@")
         if at == -1:
             return
@@ -744,6 +779,11 @@ def _scheme_issues(d: str, n: int) -> bool:
     return False
 
 
+def _card_context(text: str, start: int) -> bool:
+    """A card word ("card", "pan", "visa"...) just before a compact 12-digit candidate."""
+    return bool(_CARD_CONTEXT.search(_views(text).lower[max(0, start - 32) : start]))
+
+
 def _card_digits_ok(digits: str) -> bool:
     """Not one digit repeated, a scheme's prefix and length, and the Luhn check
     (`luhn_valid`, inline: this runs for every candidate)."""
@@ -761,6 +801,16 @@ class PaymentCardDetector:
     entity = "CARD"
 
     def find(self, text: str) -> Iterator[Finding]:
+        if _native is None:
+            return self.find_python(text)
+        return iter(
+            _native.card_findings(
+                text, Finding, self.entity, self.name, _card_context, _after_grouped_account
+            )
+        )
+
+    def find_python(self, text: str) -> Iterator[Finding]:
+        """The specification of `masking_native.card_findings`, which finds the same."""
         views = _views(text)
         shape = views.shape
         resume = 0
@@ -792,9 +842,8 @@ class PaymentCardDetector:
                 digits = text[start:end].replace(" ", "").replace("-", "")
                 if not _card_digits_ok(digits):
                     continue
-            if len(digits) == 12 and end - start == 12:
-                if not _CARD_CONTEXT.search(views.lower[max(0, start - 32) : start]):
-                    continue
+            if len(digits) == 12 and end - start == 12 and not _card_context(text, start):
+                continue
             if accounts and _after_grouped_account(text, start):
                 continue
             resume = end
