@@ -501,8 +501,15 @@ _RUN_BEFORE = re.compile(rb"(?:0-?)+\Z")
 
 def _outside_long_runs(joined: bytes, positions: list[int]) -> list[int]:
     """The positions (ascending, each on a digit of the joined shape) that are not in a run
-    of thirteen or more digits. A run is measured once for all the positions in it (a
-    grouped card number holds three)."""
+    of thirteen or more digits."""
+    if _native is not None:
+        return _native.outside_long_runs(joined, positions)
+    return _outside_long_runs_python(joined, positions)
+
+
+def _outside_long_runs_python(joined: bytes, positions: list[int]) -> list[int]:
+    """The specification of `masking_native.outside_long_runs`, which finds the same. A run
+    is measured once for all the positions in it (a grouped card number holds three)."""
     kept = []
     run_end = -1
     for position in positions:

@@ -552,6 +552,65 @@ static PyObject *runs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return found;
 }
 
+/* outside_long_runs(joined, positions): the positions (ascending, on digits of the joined
+ * shape) that are not in a run of thirteen or more digits (`_outside_long_runs`). A run is
+ * the digits reached from the position by `(?:-?0)+`, plus, where those are fewer than 13,
+ * those of the longest `(?:0-?)+` that ends at the position and starts at most 24
+ * characters before it. */
+static PyObject *outside_long_runs(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyBytes_Check(args[0]) || !PyList_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "outside_long_runs(joined: bytes, positions: list)");
+        return NULL;
+    }
+    const char *s = PyBytes_AS_STRING(args[0]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    PyObject *positions = args[1];
+    PyObject *kept = PyList_New(0);
+    if (kept == NULL) return NULL;
+    Py_ssize_t run_end = -1;
+    for (Py_ssize_t k = 0; k < PyList_GET_SIZE(positions); k++) {
+        PyObject *item = PyList_GET_ITEM(positions, k);
+        Py_ssize_t position = PyLong_AsSsize_t(item);
+        if (position == -1 && PyErr_Occurred()) goto failed;
+        if (position < 0 || position > n) {
+            PyErr_SetString(PyExc_ValueError, "outside_long_runs: a position outside the data");
+            goto failed;
+        }
+        if (position < run_end) continue;
+        /* (?:-?0)+ from the position */
+        Py_ssize_t q = position;
+        int digits = 0;
+        for (;;) {
+            if (q < n && s[q] == '0') {
+                q += 1;
+            } else if (q + 1 < n && s[q] == '-' && s[q + 1] == '0') {
+                q += 2;
+            } else {
+                break;
+            }
+            digits++;
+        }
+        if (digits < 13) {
+            /* The longest (?:0-?)+ ending at the position, starting at low or later: zeros
+             * and single dashes, starting with a zero. */
+            Py_ssize_t low = position - 24 > 0 ? position - 24 : 0;
+            Py_ssize_t p = position;
+            while (p > low && (s[p - 1] == '0' || (s[p - 1] == '-' && !(p < position && s[p] == '-'))))
+                p--;
+            for (Py_ssize_t i = p; i < position; i++) digits += s[i] == '0';
+        }
+        if (digits >= 13) {
+            run_end = q > position ? q : position;
+        } else if (PyList_Append(kept, item) < 0) {
+            goto failed;
+        }
+    }
+    return kept;
+failed:
+    Py_DECREF(kept);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"email_findings", (PyCFunction)(void (*)(void))email_findings, METH_FASTCALL,
      "email_findings(text, finding_type, entity, name): EmailDetector's findings."},
@@ -560,6 +619,8 @@ static PyMethodDef methods[] = {
      "PaymentCardDetector's findings."},
     {"positions", (PyCFunction)(void (*)(void))positions, METH_FASTCALL,
      "positions(data, literal): every start of literal in data, overlaps included."},
+    {"outside_long_runs", (PyCFunction)(void (*)(void))outside_long_runs, METH_FASTCALL,
+     "outside_long_runs(joined, positions): the positions not in a run of 13 or more digits."},
     {"runs", (PyCFunction)(void (*)(void))runs, METH_FASTCALL,
      "runs(data, byte, minimum): (start, end) of every maximal run of byte at least minimum long."},
     {NULL, NULL, 0, NULL},

@@ -193,12 +193,41 @@ def test_shared_searches_find_what_their_specification_finds() -> None:
         (bytes(rng.choice(b"00-0 a") for _ in range(rng.randrange(0, 60))),) * 2
         for _ in range(5000)
     ]
+    # Digit groups joined by dashes, up to 13 and more digits in a run, for the run test.
+    cases += [
+        (joined, joined)
+        for joined in (
+            b"-".join(b"0" * rng.randrange(1, 6) for _ in range(rng.randrange(1, 7)))
+            + rng.choice((b"", b"-", b"--", b" a"))
+            for _ in range(5000)
+        )
+    ]
+    # Runs of single digits that reach further back than the 24 characters looked at.
+    cases += [
+        (b"0-" * k + b"0" * m + tail,) * 2
+        for k in range(18)
+        for m in range(1, 7)
+        for tail in (b"", b"-", b" 0")
+    ]
     runs_seen = positions_seen = 0
     for shape, joined in cases:
         for minimum in (1, 3, 9):
             assert native.runs(shape, 48, minimum) == spec.runs(shape, 48, minimum), shape
         assert native.positions(joined, b"000-000") == spec.positions(joined, b"000-000")
         assert native.positions(joined, b"00") == spec.positions(joined, b"00"), joined
+        pairs = native.positions(joined, b"000-000")
+        assert native.outside_long_runs(joined, pairs) == detectors._outside_long_runs_python(
+            joined, pairs
+        ), joined
+        zeros = native.positions(joined, b"0")
+        assert native.outside_long_runs(joined, zeros) == detectors._outside_long_runs_python(
+            joined, zeros
+        ), joined
+        if len(joined) <= 40:  # each position alone: its run measured from there
+            for zero in zeros:
+                assert native.outside_long_runs(
+                    joined, [zero]
+                ) == detectors._outside_long_runs_python(joined, [zero]), (joined, zero)
         runs_seen += len(native.runs(shape, 48, 9))
         positions_seen += len(native.positions(joined, b"000-000"))
     assert runs_seen > 100 and positions_seen > 100
@@ -206,3 +235,5 @@ def test_shared_searches_find_what_their_specification_finds() -> None:
         native.positions(b"abc", b"")
     with pytest.raises(ValueError):
         native.runs(b"abc", 300, 1)
+    with pytest.raises(ValueError):
+        native.outside_long_runs(b"000", [7])
