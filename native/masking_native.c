@@ -71,6 +71,16 @@ static int parse_text(PyObject *object, Text *t) {
     return 0;
 }
 
+/* The arguments of the *_findings functions: (text, finding_type, entity, name, ...). */
+static int finding_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t expected,
+                        const char *usage, Text *t) {
+    if (nargs != expected || !PyType_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return -1;
+    }
+    return parse_text(args[0], t);
+}
+
 /* ------------------------------------------------------------------------------------ */
 /* e-mail                                                                               */
 
@@ -169,12 +179,9 @@ static Py_ssize_t first_url(const Text *t) {
 }
 
 static PyObject *email_findings(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 4 || !PyType_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "email_findings(text, finding_type, entity, name)");
-        return NULL;
-    }
     Text t;
-    if (parse_text(args[0], &t) < 0) return NULL;
+    if (finding_args(args, nargs, 4, "email_findings(text, finding_type, entity, name)", &t) < 0)
+        return NULL;
     PyTypeObject *type = (PyTypeObject *)args[1];
     PyObject *found = PyList_New(0);
     if (found == NULL) return NULL;
@@ -390,13 +397,11 @@ static int call_check(PyObject *check, PyObject *text, Py_ssize_t start) {
  * after_account(text, start) for every match when the shape holds AA00
  * (`_after_grouped_account`). */
 static PyObject *card_findings(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 6 || !PyType_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError,
-                        "card_findings(text, finding_type, entity, name, context_ok, after_account)");
-        return NULL;
-    }
     Text t;
-    if (parse_text(args[0], &t) < 0) return NULL;
+    if (finding_args(args, nargs, 6,
+                     "card_findings(text, finding_type, entity, name, context_ok, after_account)",
+                     &t) < 0)
+        return NULL;
     PyTypeObject *type = (PyTypeObject *)args[1];
     PyObject *found = PyList_New(0);
     if (found == NULL) return NULL;
