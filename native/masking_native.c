@@ -74,7 +74,9 @@ static int parse_text(PyObject *object, Text *t) {
 /* The arguments of the *_findings functions: (text, finding_type, entity, name, ...). */
 static int finding_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t expected,
                         const char *usage, Text *t) {
-    if (nargs != expected || !PyType_Check(args[1])) {
+    /* Findings are made as tuples of finding_type: it must be a tuple type. */
+    if (nargs != expected || !PyType_Check(args[1]) ||
+        !PyType_IsSubtype((PyTypeObject *)args[1], &PyTuple_Type)) {
         PyErr_SetString(PyExc_TypeError, usage);
         return -1;
     }

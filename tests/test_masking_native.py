@@ -170,6 +170,8 @@ def test_a_failing_callback_raises() -> None:
         detectors._native.card_findings("card 501800000009", Finding, "CARD", "c", broken, broken)
     with pytest.raises(TypeError):
         detectors._native.email_findings(b"a@b.co", Finding, "EMAIL", "email")
+    with pytest.raises(TypeError):  # findings are tuples: another type is refused
+        detectors._native.email_findings("a@b.co", int, "EMAIL", "email")
 
 
 def test_without_the_extension_the_python_detectors_run(monkeypatch) -> None:
