@@ -95,7 +95,7 @@ from typing import NamedTuple, Protocol
 import phonenumbers
 import re2
 
-try:  # the C implementation of the e-mail and card detectors (native/masking_native.c)
+try:  # the e-mail and card detectors and shared searches in C (native/masking_native.c)
     import masking_native as _native
 except ImportError:  # not built: their Python implementations below run instead
     _native = None
@@ -384,7 +384,7 @@ class EmailDetector:
     entity = "EMAIL"
 
     def find(self, text: str) -> Iterator[Finding]:
-        if _native is None or "@" not in text:
+        if _native is None:
             return self.find_python(text)
         return iter(_native.email_findings(text, Finding, self.entity, self.name))
 

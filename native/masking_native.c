@@ -1,14 +1,15 @@
-/* The e-mail and payment-card detectors of masking/detectors.py, in C, and two searches
- * that the other digit-based detectors share.
+/* The e-mail and payment-card detectors of masking/detectors.py, in C, and the searches
+ * that the digit-based detectors share (runs, positions, outside_long_runs).
  *
- * Each function finds exactly what the Python implementation beside it in
- * masking/detectors.py finds (EmailDetector.find_python, PaymentCardDetector.find_python):
- * the same spans, in the same order. The Python implementation is the specification and
- * the fallback where this module is not built; tests/test_masking_native.py compares the
- * two on the evaluation sets and on random text.
+ * Each function finds exactly what its Python implementation in masking/detectors.py finds
+ * (EmailDetector.find_python, PaymentCardDetector.find_python, _Searches,
+ * _outside_long_runs_python): the same results, in the same order. The Python
+ * implementation is the specification and the fallback where this module is not built;
+ * tests/test_masking_native.py compares the two on the evaluation set and on random text.
  *
- * Both read the text through the PEP 393 accessors (any of the three kinds) and allocate
- * nothing per character; a 10 KB result with 160 values takes tens of microseconds.
+ * The detectors read the text through the PEP 393 accessors (any of the three kinds) and
+ * allocate nothing per character; a 10 KB result with 160 values takes tens of
+ * microseconds.
  */
 #define _GNU_SOURCE /* memmem */
 #define PY_SSIZE_T_CLEAN
@@ -543,16 +544,14 @@ static PyObject *runs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (hit == NULL) break;
         Py_ssize_t start = hit - data, end = start + minimum;
         while (end < n && data[end] == (char)byte) end++;
-        {
-            PyObject *span = Py_BuildValue("(nn)", start, end);
-            if (span == NULL || PyList_Append(found, span) < 0) {
-                Py_XDECREF(span);
-                Py_DECREF(found);
-                PyMem_Free(needle);
-                return NULL;
-            }
-            Py_DECREF(span);
+        PyObject *span = Py_BuildValue("(nn)", start, end);
+        if (span == NULL || PyList_Append(found, span) < 0) {
+            Py_XDECREF(span);
+            Py_DECREF(found);
+            PyMem_Free(needle);
+            return NULL;
         }
+        Py_DECREF(span);
         i = end;
     }
     PyMem_Free(needle);
@@ -636,8 +635,8 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {
     .m_base = PyModuleDef_HEAD_INIT,
     .m_name = "masking_native",
-    .m_doc = "The e-mail and payment-card detectors of masking.detectors, in C, and two "
-             "searches the other digit-based detectors share.",
+    .m_doc = "The e-mail and payment-card detectors of masking.detectors, in C, and the "
+             "searches the digit-based detectors share.",
     .m_size = -1,
     .m_methods = methods,
 };
