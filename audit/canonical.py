@@ -2,9 +2,19 @@
 
 import hashlib
 import json
+import logging
 from typing import Any
 
 import rfc8785
+
+try:  # the encoding of plain values in C (native/audit_native.c)
+    import audit_native as _native
+except ImportError:  # not built: the Python below encodes them, several times slower
+    _native = None
+    logging.getLogger(__name__).warning(
+        "audit_native is not installed (it is built from native/ by `uv sync`, which needs a "
+        "C compiler): audit records are encoded in Python, several times slower"
+    )
 
 GENESIS_HASH = "0" * 64
 SAFE_INTEGER = 2**53 - 1
@@ -16,10 +26,18 @@ def storable(value: Any) -> Any:
     Postgres jsonb refuses NUL characters, and JCS refuses integers beyond 2^53 and
     non-finite floats; such values are kept as strings.
     """
+    if _native is not None and _native.stored_as_is(value):
+        # Nothing to change (the common case), found without copying.
+        return value
+    return storable_python(value)
+
+
+def storable_python(value: Any) -> Any:
+    """`storable`, which `audit_native.stored_as_is` tells when to skip."""
     if isinstance(value, dict):
-        return {_text(str(k)): storable(v) for k, v in value.items()}
+        return {_text(str(k)): storable_python(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [storable(v) for v in value]
+        return [storable_python(v) for v in value]
     if isinstance(value, str):
         return _text(value)
     if isinstance(value, bool) or value is None:
@@ -61,7 +79,8 @@ def canonical(value: Any) -> bytes:
     `\\u00xx`) and write everything else as UTF-8. Objects and arrays around other parts
     are joined here, other floats formatted by the reference implementation; anything
     RFC 8785 refuses (lone surrogates, integers beyond 2^53, non-finite floats) goes to
-    the reference implementation whole, for its error.
+    the reference implementation whole, for its error. Where `audit_native` is built, it
+    encodes the plain parts instead of `_plain` and the C JSON encoder, in one pass.
     """
     try:
         return _canonical(value)
@@ -69,12 +88,30 @@ def canonical(value: Any) -> bytes:
         return rfc8785.dumps(value)
 
 
+def plain_canonical(value: Any) -> bytes | None:
+    """The canonical bytes of a plain value (see `_plain`), else None. They are also the
+    bytes of `json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))`
+    in UTF-8: the value as JSON, its keys sorted."""
+    if _native is not None:
+        return _native.canonical(value)
+    if not _plain(value):
+        return None
+    try:
+        return _encode_plain(value).encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+
+
 class _Refused(Exception):
     pass
 
 
 def _canonical(value: Any) -> bytes:
-    if _plain(value):
+    if _native is not None:
+        data = _native.canonical(value)
+        if data is not None:
+            return data
+    elif _plain(value):
         return _encode_plain(value).encode("utf-8")
     if isinstance(value, dict):
         if any(type(key) is not str for key in value):
@@ -134,9 +171,14 @@ _REPR_IS_ECMASCRIPT_HIGH = 1e16
 
 def chain_hash(prev_hash: str, body: dict[str, Any]) -> str:
     """The record's hash: over the previous record's hash and the record's canonical bytes."""
+    return chain_hash_bytes(prev_hash, canonical(body))
+
+
+def chain_hash_bytes(prev_hash: str, data: bytes) -> str:
+    """`chain_hash` of a body whose canonical bytes are `data`."""
     digest = hashlib.sha256(prev_hash.encode("ascii"))
     digest.update(b"\n")
-    digest.update(canonical(body))
+    digest.update(data)
     return digest.hexdigest()
 
 

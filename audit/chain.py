@@ -5,17 +5,20 @@ import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC
 from functools import cache
 from typing import Any
 
 from django.conf import settings
 from django.db import connections, transaction
+from django.db.models.base import ModelState
+from django.db.models.signals import post_init, pre_init
 from django.utils.timezone import now
 
 from mcpgw.db import backend
 
 from . import checkpoints
-from .canonical import GENESIS_HASH, storable
+from .canonical import GENESIS_HASH, canonical, chain_hash_bytes, plain_canonical, storable
 from .models import HASHED_FIELDS, AuditHead, AuditRecord, record_hash
 
 JSON_FIELDS = ("arguments", "result", "masking", "details")
@@ -58,20 +61,54 @@ def append_many(rows: list[dict[str, Any]]) -> list[AuditRecord]:
 
 
 def build(rows: list[dict[str, Any]], head_seq: int, head_hash: str) -> list[AuditRecord]:
-    """The records that follow the head, each hashed over its predecessor."""
+    """The records that follow the head, each hashed over its predecessor.
+
+    Where a record's canonical bytes, which its hash covers, are plain JSON
+    (`plain_canonical`), they also make its row for `rows_json`: encoded once, not twice."""
     records = []
     seq, prev_hash = head_seq, head_hash
     stamp = now()
+    utc = stamp if stamp.tzinfo is UTC else stamp.astimezone(UTC)
+    stamp_text = utc.isoformat(timespec="microseconds")
+    plain_init = not (pre_init.has_listeners(AuditRecord) or post_init.has_listeners(AuditRecord))
     for fields in rows:
         seq += 1
+        unknown = fields.keys() - _DEFAULT_ROW.keys()
+        if unknown:
+            raise TypeError(f"audit records have no field {', '.join(sorted(unknown))}")
         for name in JSON_FIELDS:
-            if fields.get(name) is not None:
-                fields[name] = storable(fields[name])
-        record = AuditRecord(seq=seq, created_at=stamp, prev_hash=prev_hash, **fields)
-        record.hash = record.compute_hash()
-        prev_hash = record.hash
+            value = fields.get(name)
+            if value is not None:
+                fields[name] = storable(value)
+        # Every column, in the model's order: defaults first, then the given values.
+        values = {**_DEFAULT_ROW, "details": {}, **fields}
+        values["seq"], values["created_at"], values["prev_hash"] = seq, stamp, prev_hash
+        # hash_body(values), made faster knowing that values has every field.
+        body = {**values, "created_at": stamp_text}
+        del body["prev_hash"], body["hash"]
+        if body["call_id"] is not None:
+            body["call_id"] = str(body["call_id"])
+        data = plain_canonical(body)
+        values["hash"] = prev_hash = chain_hash_bytes(
+            prev_hash, data if data is not None else canonical(body)
+        )
+        record = _instance(values) if plain_init else AuditRecord(*values.values())
+        if data is not None and _ROW_IS_BODY:
+            record._row_json = (  # type: ignore[attr-defined]
+                f'{data[:-1].decode()},"prev_hash":"{record.prev_hash}","hash":"{record.hash}"}}'
+            )
         records.append(record)
     return records
+
+
+def _instance(values: dict[str, Any]) -> AuditRecord:
+    """An unsaved record with these values of all of its fields: what `Model.__init__`
+    makes of them for a model without relations, and without anything listening to its
+    init signals (`build` checks), in a fifth of its time."""
+    record = AuditRecord.__new__(AuditRecord)
+    record.__dict__.update(values)
+    record._state = ModelState()
+    return record
 
 
 def crosses_checkpoint(head_seq: int, records: list[AuditRecord]) -> bool:
@@ -175,17 +212,27 @@ def rows_json(records: list[AuditRecord]) -> str:
     `_recordset`. One parameter however many records there are: the statement's text
     stays the same, so psycopg parses it once, and no value goes through a field's adapter
     on its own."""
-    rows = []
-    for record in records:
-        row = {column: getattr(record, attname) for attname, column in _COLUMNS}
-        row["created_at"] = row["created_at"].isoformat()
-        if row["call_id"] is not None:
-            row["call_id"] = str(row["call_id"])
-        rows.append(row)
-    return json.dumps(rows, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    rows = [getattr(record, "_row_json", None) or _encode_row(record) for record in records]
+    return f"[{','.join(rows)}]"
+
+
+def _encode_row(record: AuditRecord) -> str:
+    """One record's row for `rows_json`, for a record that does not carry one from `build`
+    (whose row holds the same values, its keys sorted)."""
+    row = {column: getattr(record, attname) for attname, column in _COLUMNS}
+    row["created_at"] = row["created_at"].isoformat()
+    if row["call_id"] is not None:
+        row["call_id"] = str(row["call_id"])
+    return json.dumps(row, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 _COLUMNS = [(f.attname, f.column) for f in AuditRecord._meta.concrete_fields]
+# Each column's value where a record leaves it out (details, a dict, is made anew for each).
+_DEFAULT_ROW = {f.attname: f.get_default() for f in AuditRecord._meta.concrete_fields}
+# The canonical body has a member for every column but the two hashes, named as the column.
+_ROW_IS_BODY = set(_DEFAULT_ROW) == {*HASHED_FIELDS, "hash"} and all(
+    attname == column for attname, column in _COLUMNS
+)
 _ROW = "(" + ", ".join(["%s"] * len(_COLUMNS)) + ")"
 
 

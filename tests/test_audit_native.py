@@ -1,0 +1,219 @@
+"""The audit encoder in C (native/audit_native.c) gives exactly what its Python
+specification in audit/canonical.py gives: the same canonical bytes (RFC 8785's) for
+plain values and None for the rest, and `storable` unchanged where it says so; records
+built with it carry the same hashes and rows as without it."""
+
+import enum
+import json
+import math
+import random
+from collections import OrderedDict
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import rfc8785
+
+from audit import canonical as canonical_module
+from audit import chain
+from audit.canonical import canonical, storable, storable_python
+from audit.models import Kind
+
+native = pytest.importorskip("audit_native")
+
+
+class Label(str):
+    pass
+
+
+class Level(enum.IntEnum):
+    HIGH = 3
+
+
+STRINGS = [
+    "",
+    "plain",
+    'quotes " and \\ backslash',
+    "".join(chr(c) for c in range(0x20)),
+    "\x7f del",
+    "nul \x00 inside",
+    "naïve café",  # Latin-1, not ASCII: a one-byte string that is not ASCII
+    "東京 \u2028 \ue000 \uffff",
+    "emoji 😀 \U0010ffff",
+    "lone \ud800 surrogate",
+    "pair \ud83d\ude00 as two code points",
+    "[EMAIL] ****1111",
+    "x" * 5000 + "\n" + "y" * 5000,
+]
+KEYS = ["a", "B", "é", "\ue000", "😀", "\udfff", "k\x00", "", "result", "z" * 40]
+NUMBERS: list[Any] = [
+    0,
+    1,
+    -1,
+    2**53 - 1,
+    -(2**53 - 1),
+    2**53,
+    -(2**53),
+    2**64,
+    -(2**70),
+    0.5,
+    -0.0,
+    0.0,
+    3.0,
+    1e-4,
+    math.nextafter(1e-4, 0),
+    1e16,
+    math.nextafter(1e16, 0),
+    2.0**53,
+    2.0**53 + 2,
+    123456.789,
+    0.1 + 0.2,
+    1e21,
+    1e-7,
+    5e-324,
+    1e300,
+    math.inf,
+    -math.inf,
+    math.nan,
+]
+ODD: list[Any] = [Label("a str subclass"), Level.HIGH, True, False, None, (1, "t"), b"bytes"]
+
+
+def random_value(rng: random.Random, depth: int = 0) -> Any:
+    kind = rng.randrange(10 if depth < 5 else 5)
+    if kind in (0, 1):
+        return rng.choice(STRINGS)
+    if kind == 2:
+        return rng.choice(NUMBERS)
+    if kind == 3:
+        return rng.choice(ODD) if rng.random() < 0.3 else rng.randint(-(10**6), 10**6)
+    if kind == 4:
+        return rng.uniform(-1e6, 1e6)
+    if kind in (5, 6, 7):
+        items = {}
+        for _ in range(rng.randint(0, 5)):
+            key: Any = rng.choice(KEYS) if rng.random() < 0.97 else rng.choice([1, ("t",)])
+            items[key] = random_value(rng, depth + 1)
+        return OrderedDict(items) if rng.random() < 0.05 else items
+    items_list = [random_value(rng, depth + 1) for _ in range(rng.randint(0, 5))]
+    return tuple(items_list) if rng.random() < 0.05 else items_list
+
+
+def python_plain(value: Any) -> bytes | None:
+    """The specification: audit/canonical.py's plain path without the C."""
+    if not canonical_module._plain(value):
+        return None
+    try:
+        return canonical_module._encode_plain(value).encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal, and of the same types all the way down (1 is not 1.0, a tuple not a list)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(
+            type(k) is type(j) and same(a[k], b[j]) for k, j in zip(a, b, strict=True)
+        )
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) and math.isnan(a):
+        return math.isnan(b)
+    return a == b
+
+
+def test_canonical_gives_the_plain_bytes_or_none_as_python_does() -> None:
+    rng = random.Random(8785)
+    plain = 0
+    for _ in range(30_000):
+        value = random_value(rng)
+        expected = python_plain(value)
+        assert native.canonical(value) == expected, repr(value)[:300]
+        if expected is not None:
+            plain += 1
+            assert expected == rfc8785.dumps(value)
+    # Both sides of the comparison are covered.
+    assert 5_000 < plain < 25_000, plain
+
+
+def test_canonical_of_every_number_and_string() -> None:
+    for value in [*NUMBERS, *STRINGS, *ODD]:
+        for wrapped in (value, [value], {"k": value}):
+            assert native.canonical(wrapped) == python_plain(wrapped), repr(wrapped)[:200]
+    floats = [10.0 ** random.Random(754).uniform(-8, 22) for _ in range(20_000)]
+    for value in floats + [-f for f in floats] + [float(round(f)) for f in floats]:
+        assert native.canonical(value) == python_plain(value), repr(value)
+
+
+def test_keys_in_the_order_rfc8785_gives() -> None:
+    value = {"b": 1, "a": 2, "é": 3, "B": 4, "": 5, "aa": 6}
+    assert native.canonical(value) == rfc8785.dumps(value)
+    # Keys where code point order and UTF-16 order part are left to Python.
+    assert native.canonical({"\ue000": 1, "😀": 2}) is None
+    assert canonical({"\ue000": 1, "😀": 2}) == rfc8785.dumps({"\ue000": 1, "😀": 2})
+
+
+def test_stored_as_is_exactly_where_storable_changes_nothing() -> None:
+    rng = random.Random(2053)
+    unchanged = 0
+    for _ in range(30_000):
+        value = random_value(rng)
+        expected = same(storable_python(value), value)
+        assert native.stored_as_is(value) is expected, repr(value)[:300]
+        unchanged += expected
+    assert 5_000 < unchanged < 25_000, unchanged
+
+
+def test_deep_values_are_left_to_python() -> None:
+    deep: Any = "bottom"
+    for _ in range(500):
+        deep = [deep]
+    assert native.canonical(deep) is None
+    assert native.stored_as_is(deep) is False
+    assert canonical(deep) == rfc8785.dumps(deep)
+    assert storable(deep) == deep
+
+
+def test_large_strings() -> None:
+    for text in ("a" * 1_000_000, 'q"\n' * 100_000, "é" * 300_000, "😀\t" * 100_000):
+        assert native.canonical({"t": text}) == rfc8785.dumps({"t": text})
+
+
+def records(n: int) -> list[dict[str, Any]]:
+    rng = random.Random(n)
+    rows = []
+    for k in range(n):
+        rows.append(
+            {
+                "kind": Kind.CALL_OUTCOME if k % 2 else Kind.CALL_REQUEST,
+                "connection": "demo",
+                "method": "tools/call",
+                "target": f"tool-{k}",
+                "call_id": None if k % 3 == 0 else f"00000000-0000-4000-8000-{k:012d}",
+                "arguments": random_value(rng),
+                "result": random_value(rng) if k % 2 else None,
+                "latency_ms": rng.choice([3.217, 4.0, None]),
+                "details": {"n": k},
+            }
+        )
+    return rows
+
+
+def test_records_built_with_and_without_the_c_are_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stamp = datetime(2026, 12, 6, 14, 0, 0, 123456, tzinfo=UTC)
+    monkeypatch.setattr(chain, "now", lambda: stamp)
+    with_c = chain.build(records(300), 41, "f" * 64)
+    monkeypatch.setattr(canonical_module, "_native", None)
+    without = chain.build(records(300), 41, "f" * 64)
+    assert [r.hash for r in with_c] == [r.hash for r in without]
+    for a, b in zip(with_c, without, strict=True):
+        assert a.field_values().keys() == b.field_values().keys()
+        assert a.compute_hash() == a.hash
+    assert json.loads(chain.rows_json(with_c)) == json.loads(chain.rows_json(without))
+    # Most rows are the canonical bytes, written once; rows that are not plain are encoded.
+    carried = sum(hasattr(r, "_row_json") for r in with_c)
+    assert 0 < carried < len(with_c)
