@@ -95,7 +95,7 @@ from typing import NamedTuple, Protocol
 import phonenumbers
 import re2
 
-try:  # the e-mail and card detectors and shared searches in C (native/masking_native.c)
+try:  # the e-mail and card detectors, shared searches and merging in C (native/masking_native.c)
     import masking_native as _native
 except ImportError:  # not built: their Python implementations below run instead
     _native = None
@@ -1601,9 +1601,17 @@ class Scanner:
             return []
         if self.use_trigger_set:
             _views(text).find_triggers()
-        found: list[tuple[Finding, int]] = []
-        for index, detector in enumerate(self.detectors):
-            found += [(f, index) for f in detector.find(text) if f.end > f.start]
+        if _native is not None:
+            return _native.resolve([list(detector.find(text)) for detector in self.detectors])
+        return self.merge_python([list(detector.find(text)) for detector in self.detectors])
+
+    @staticmethod
+    def merge_python(lists: list[list[Finding]]) -> list[Finding]:
+        """The specification of `masking_native.resolve`, which gives the same: the findings
+        of each detector's list (in the detectors' order), empty ones left out, sorted by
+        start, overlaps resolved."""
+        found = [(f, index) for index, findings in enumerate(lists) for f in findings]
+        found = [(f, index) for f, index in found if f.end > f.start]
         if len(found) < 2:
             return [f for f, _ in found]
         return _resolve_overlaps(found)

@@ -617,6 +617,239 @@ failed:
     return NULL;
 }
 
+/* -- merging the detectors' findings, and replacing them -------------------------------- */
+
+typedef struct {
+    Py_ssize_t start, end, index, order;
+    PyObject *finding; /* borrowed from the detectors' lists */
+} Span;
+
+static int by_start(const void *a, const void *b) {
+    const Span *x = a, *y = b;
+    if (x->start != y->start) return x->start < y->start ? -1 : 1;
+    return x->order < y->order ? -1 : x->order > y->order;
+}
+
+/* Longer spans first, then the earlier detector, then the earlier start. */
+static int by_precedence(const void *a, const void *b) {
+    const Span *x = a, *y = b;
+    Py_ssize_t lx = x->start - x->end, ly = y->start - y->end;
+    if (lx != ly) return lx < ly ? -1 : 1;
+    if (x->index != y->index) return x->index < y->index ? -1 : 1;
+    if (x->start != y->start) return x->start < y->start ? -1 : 1;
+    return x->order < y->order ? -1 : x->order > y->order;
+}
+
+/* A finding's start or end: item 0 or 1 of its tuple. */
+static int span_bound(PyObject *finding, Py_ssize_t item, Py_ssize_t *value) {
+    *value = PyLong_AsSsize_t(PyTuple_GET_ITEM(finding, item));
+    return *value == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* resolve(lists): the findings of each detector's list (in the detectors' order) with the
+ * empty ones left out, sorted by start, overlaps resolved: the longer span wins, and on a
+ * tie the earlier detector (`_resolve_overlaps` in masking/detectors.py, with the list
+ * building of `Scanner.scan` before it). */
+static PyObject *resolve(PyObject *module, PyObject *lists) {
+    if (!PyList_Check(lists)) {
+        PyErr_SetString(PyExc_TypeError, "resolve(lists): a list of lists of findings");
+        return NULL;
+    }
+    Py_ssize_t total = 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(lists); i++) {
+        PyObject *list = PyList_GET_ITEM(lists, i);
+        if (!PyList_Check(list)) {
+            PyErr_SetString(PyExc_TypeError, "resolve(lists): a list of lists of findings");
+            return NULL;
+        }
+        total += PyList_GET_SIZE(list);
+    }
+    Span *spans = PyMem_Malloc(sizeof(Span) * (size_t)(total ? total : 1));
+    if (spans == NULL) return PyErr_NoMemory();
+    /* The lists are held for as long as spans borrow their findings. */
+    PyObject *held = PyList_GetSlice(lists, 0, PyList_GET_SIZE(lists));
+    PyObject *result = NULL;
+    Py_ssize_t n = 0;
+    if (held == NULL) goto done;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(held); i++) {
+        PyObject *list = PyList_GET_ITEM(held, i);
+        for (Py_ssize_t k = 0; k < PyList_GET_SIZE(list) && n < total; k++) {
+            PyObject *finding = PyList_GET_ITEM(list, k);
+            if (!PyTuple_Check(finding) || PyTuple_GET_SIZE(finding) < 4) {
+                PyErr_SetString(PyExc_TypeError, "a finding is a tuple (start, end, entity, detector)");
+                goto done;
+            }
+            Span *span = &spans[n];
+            if (span_bound(finding, 0, &span->start) < 0 || span_bound(finding, 1, &span->end) < 0)
+                goto done;
+            if (span->end <= span->start) continue;
+            span->index = i;
+            span->order = n;
+            span->finding = finding;
+            n++;
+        }
+    }
+    Py_ssize_t kept = n;
+    if (n >= 2) {
+        qsort(spans, (size_t)n, sizeof(Span), by_start);
+        int overlap = 0;
+        for (Py_ssize_t i = 1; i < n && !overlap; i++) overlap = spans[i].start < spans[i - 1].end;
+        if (overlap) {
+            /* Greedy by precedence, into `spans[0..kept)` sorted by start: each span is
+             * kept unless it overlaps one kept before it. */
+            Span *order = PyMem_Malloc(sizeof(Span) * (size_t)n);
+            if (order == NULL) {
+                PyErr_NoMemory();
+                goto done;
+            }
+            memcpy(order, spans, sizeof(Span) * (size_t)n);
+            qsort(order, (size_t)n, sizeof(Span), by_precedence);
+            kept = 0;
+            for (Py_ssize_t k = 0; k < n; k++) {
+                Span span = order[k];
+                Py_ssize_t lo = 0, hi = kept; /* bisect_left on the kept spans' starts */
+                while (lo < hi) {
+                    Py_ssize_t mid = (lo + hi) / 2;
+                    if (spans[mid].start < span.start) lo = mid + 1;
+                    else hi = mid;
+                }
+                if (lo > 0 && spans[lo - 1].end > span.start) continue;
+                if (lo < kept && spans[lo].start < span.end) continue;
+                memmove(&spans[lo + 1], &spans[lo], sizeof(Span) * (size_t)(kept - lo));
+                spans[lo] = span;
+                kept++;
+            }
+            PyMem_Free(order);
+        }
+    }
+    result = PyList_New(kept);
+    if (result == NULL) goto done;
+    for (Py_ssize_t i = 0; i < kept; i++) PyList_SET_ITEM(result, i, Py_NewRef(spans[i].finding));
+done:
+    Py_XDECREF(held);
+    PyMem_Free(spans);
+    return result;
+}
+
+/* The replacement of a value that a rule of the "partial" style masks (`Masker.replacement`):
+ * "****" and its last four letters or digits; "****" alone below eight characters. */
+static PyObject *partial(PyObject *text, Py_ssize_t start, Py_ssize_t end) {
+    static const char STARS[] = "****";
+    Py_ssize_t n = end - start;
+    if (n < 8) return PyUnicode_FromString(STARS);
+    int kind = PyUnicode_KIND(text);
+    const void *data = PyUnicode_DATA(text);
+    Py_UCS4 tail[4];
+    int found = 0;
+    int last_all = 1;
+    for (Py_ssize_t i = end - 4; i < end; i++) last_all &= Py_UNICODE_ISALNUM(PyUnicode_READ(kind, data, i)) != 0;
+    if (last_all) {
+        for (int k = 0; k < 4; k++) tail[k] = PyUnicode_READ(kind, data, end - 4 + k);
+        found = 4;
+    } else {
+        /* The last four letters or digits of the whole value, fewer if it has fewer. */
+        for (Py_ssize_t i = end - 1; i >= start && found < 4; i--) {
+            Py_UCS4 c = PyUnicode_READ(kind, data, i);
+            if (Py_UNICODE_ISALNUM(c)) {
+                memmove(tail + 1, tail, sizeof(Py_UCS4) * (size_t)found);
+                tail[0] = c;
+                found++;
+            }
+        }
+    }
+    Py_UCS4 widest = 127;
+    for (int k = 0; k < found; k++) widest = tail[k] > widest ? tail[k] : widest;
+    PyObject *out = PyUnicode_New(4 + found, widest);
+    if (out == NULL) return NULL;
+    for (int k = 0; k < 4; k++) PyUnicode_WRITE(PyUnicode_KIND(out), PyUnicode_DATA(out), k, '*');
+    for (int k = 0; k < found; k++)
+        PyUnicode_WRITE(PyUnicode_KIND(out), PyUnicode_DATA(out), 4 + k, tail[k]);
+    return out;
+}
+
+/* splice(text, findings, labels, partials, replace): the text with each finding (sorted,
+ * not overlapping) replaced (`Masker.mask_text`): by its detector's label where `labels`
+ * has one, by the partial style's replacement where its detector is in `partials`, else
+ * by replace(detector, value). */
+static PyObject *splice(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5 || !PyUnicode_Check(args[0]) || !PyList_Check(args[1]) ||
+        !PyDict_Check(args[2]) || !PyAnySet_Check(args[3]) || !PyCallable_Check(args[4])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "splice(text: str, findings: list, labels: dict, partials: set, replace)");
+        return NULL;
+    }
+    PyObject *text = args[0], *labels = args[2], *partials = args[3], *replace = args[4];
+    Py_ssize_t length = PyUnicode_GET_LENGTH(text);
+    PyObject *findings = PyList_GetSlice(args[1], 0, PyList_GET_SIZE(args[1]));
+    if (findings == NULL) return NULL;
+    Py_ssize_t count = PyList_GET_SIZE(findings);
+    PyObject *parts = PyList_New(0);
+    PyObject *result = NULL;
+    if (parts == NULL) goto done;
+    Py_ssize_t position = 0;
+    for (Py_ssize_t k = 0; k < count; k++) {
+        PyObject *finding = PyList_GET_ITEM(findings, k);
+        Py_ssize_t start, end;
+        if (!PyTuple_Check(finding) || PyTuple_GET_SIZE(finding) < 4) {
+            PyErr_SetString(PyExc_TypeError, "a finding is a tuple (start, end, entity, detector)");
+            goto done;
+        }
+        if (span_bound(finding, 0, &start) < 0 || span_bound(finding, 1, &end) < 0) goto done;
+        if (start < position || end < start || end > length) {
+            PyErr_SetString(PyExc_ValueError, "splice: findings must be sorted, apart and in the text");
+            goto done;
+        }
+        PyObject *detector = PyTuple_GET_ITEM(finding, 3);
+        PyObject *before = PyUnicode_Substring(text, position, start);
+        if (before == NULL || PyList_Append(parts, before) < 0) {
+            Py_XDECREF(before);
+            goto done;
+        }
+        Py_DECREF(before);
+        PyObject *replacement = PyDict_GetItemWithError(labels, detector);
+        if (replacement != NULL) {
+            Py_INCREF(replacement);
+        } else if (PyErr_Occurred()) {
+            goto done;
+        } else {
+            int is_partial = PySet_Contains(partials, detector);
+            if (is_partial < 0) goto done;
+            if (is_partial) {
+                replacement = partial(text, start, end);
+            } else {
+                PyObject *value = PyUnicode_Substring(text, start, end);
+                if (value == NULL) goto done;
+                replacement = PyObject_CallFunctionObjArgs(replace, detector, value, NULL);
+                Py_DECREF(value);
+                if (replacement != NULL && !PyUnicode_Check(replacement)) {
+                    Py_DECREF(replacement);
+                    PyErr_SetString(PyExc_TypeError, "splice: a replacement must be a str");
+                    goto done;
+                }
+            }
+            if (replacement == NULL) goto done;
+        }
+        int failed = PyList_Append(parts, replacement);
+        Py_DECREF(replacement);
+        if (failed < 0) goto done;
+        position = end;
+    }
+    PyObject *rest = PyUnicode_Substring(text, position, length);
+    if (rest == NULL || PyList_Append(parts, rest) < 0) {
+        Py_XDECREF(rest);
+        goto done;
+    }
+    Py_DECREF(rest);
+    PyObject *empty = PyUnicode_New(0, 0);
+    if (empty == NULL) goto done;
+    result = PyUnicode_Join(empty, parts);
+    Py_DECREF(empty);
+done:
+    Py_XDECREF(parts);
+    Py_DECREF(findings);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"email_findings", (PyCFunction)(void (*)(void))email_findings, METH_FASTCALL,
      "email_findings(text, finding_type, entity, name): EmailDetector's findings."},
@@ -627,6 +860,10 @@ static PyMethodDef methods[] = {
      "positions(data, literal): every start of literal in data, overlaps included."},
     {"outside_long_runs", (PyCFunction)(void (*)(void))outside_long_runs, METH_FASTCALL,
      "outside_long_runs(joined, positions): the positions not in a run of 13 or more digits."},
+    {"resolve", resolve, METH_O,
+     "resolve(lists): the detectors' findings merged, sorted by start, overlaps resolved."},
+    {"splice", (PyCFunction)(void (*)(void))splice, METH_FASTCALL,
+     "splice(text, findings, labels, partials, replace): the text with the findings replaced."},
     {"runs", (PyCFunction)(void (*)(void))runs, METH_FASTCALL,
      "runs(data, byte, minimum): (start, end) of every maximal run of byte at least minimum long."},
     {NULL, NULL, 0, NULL},

@@ -3,7 +3,9 @@ find: the same spans in the same order, on the labelled evaluation set, on reali
 results and on random text built to sit on the edges of the patterns (separators, lengths,
 lookbehinds, URL userinfo, non-ASCII characters of every string kind)."""
 
+import itertools
 import random
+from collections import Counter
 
 import pytest
 
@@ -239,3 +241,105 @@ def test_shared_searches_find_what_their_specification_finds() -> None:
         native.runs(b"abc", 300, 1)
     with pytest.raises(ValueError):
         native.outside_long_runs(b"000", [7])
+
+
+def _random_findings(rng: random.Random, length: int) -> list[list[Finding]]:
+    """Each detector's findings: overlapping, nested, empty, tied and repeated spans."""
+    lists = []
+    for index in range(rng.randrange(0, 6)):
+        findings = []
+        for _ in range(rng.randrange(0, 8)):
+            start = rng.randrange(0, length + 1)
+            end = min(length, start + rng.choice((0, 1, 2, 4, 4, 8, 16)))
+            findings.append(Finding(start, end, f"E{index}", f"d{index}"))
+        if findings and rng.random() < 0.2:
+            findings.append(findings[0])
+        lists.append(findings)
+    return lists
+
+
+def test_merging_gives_what_the_python_specification_gives() -> None:
+    rng = random.Random(1615)
+    native = detectors._native
+    overlapping = 0
+    for _ in range(30_000):
+        lists = _random_findings(rng, rng.randrange(1, 60))
+        merged = native.resolve([list(found) for found in lists])
+        assert merged == Scanner.merge_python(lists), lists
+        overlapping += len(merged) < sum(1 for found in lists for f in found if f.end > f.start)
+    assert overlapping > 5_000
+    # On the corpus, through the scanner: the detectors' own overlaps (cards inside IBANs,
+    # phone numbers inside cards) are resolved as in Python.
+    scanner = Scanner(BUILTIN_DETECTORS.values())
+    for text in _corpus()[::5]:
+        lists = [list(d.find(text)) for d in scanner.detectors]
+        assert native.resolve(lists) == Scanner.merge_python(lists), text
+    with pytest.raises(TypeError):
+        native.resolve([[(1, 2)]])
+    with pytest.raises(TypeError):
+        native.resolve([iter([])])
+
+
+SPLICE_TEXT = (
+    "card 4111 1111 1111 1111, mail ann@example.com, id AB-12-\u00e9\u0663\u2003-x\U0001f600z!"
+)
+
+
+@pytest.mark.parametrize("style", ["partial", "label", "hash"])
+def test_splicing_gives_what_the_python_specification_gives(style: str) -> None:
+    from masking.engine import Masker, Rule
+
+    rules = [
+        Rule(k, f"r{k}", f"E{k}", style, True, BUILTIN_DETECTORS[name])
+        for k, name in enumerate(("payment_card", "email"))
+    ]
+    masker = Masker(rules, b"k" * 32)
+    rng = random.Random(162)
+    texts = [SPLICE_TEXT, report_text(2048), "\U0001f600" * 30, "short", "x" * 40]
+    for text in texts * 400:
+        starts = sorted(rng.sample(range(len(text) + 1), k=min(len(text) + 1, rng.randrange(8))))
+        findings = []
+        for a, b in itertools.pairwise(starts):
+            end = rng.randrange(a, b + 1)
+            name = rng.choice(("payment_card", "email"))
+            findings.append(Finding(a, end, "E", name))
+        expected = masker.splice_python(text, findings)
+        assert (
+            detectors._native.splice(
+                text, findings, masker._labels, masker._partials, masker._replace
+            )
+            == expected
+        ), (text, findings)
+    with pytest.raises(ValueError):  # not in order
+        detectors._native.splice(
+            "abcdef",
+            [Finding(3, 4, "E", "email"), Finding(0, 1, "E", "email")],
+            {},
+            set(),
+            masker._replace,
+        )
+    with pytest.raises(TypeError):
+        detectors._native.splice("abc", [Finding(0, 1, "E", "x")], {}, set(), lambda d, v: 7)
+
+
+def test_masking_without_the_extension_gives_the_same(monkeypatch) -> None:
+    from masking import engine
+    from masking.engine import Masker, Report, Rule
+
+    rules = [
+        Rule(1, "cards", "CARD", "partial", True, BUILTIN_DETECTORS["payment_card"]),
+        Rule(2, "mail", "EMAIL", "hash", True, BUILTIN_DETECTORS["email"]),
+        Rule(3, "phones", "PHONE", "label", True, BUILTIN_DETECTORS["phone"]),
+    ]
+    masker = Masker(rules, b"k" * 32)
+    texts = [*_corpus()[::40], report_text(10240)]
+
+    def masked() -> list[tuple[str, Counter]]:
+        reports = [Report() for _ in texts]
+        return [(masker.mask_text(t, r), r.counts) for t, r in zip(texts, reports, strict=True)]
+
+    with_native = masked()
+    monkeypatch.setattr(engine, "_native", None)
+    monkeypatch.setattr(detectors, "_native", None)
+    assert masked() == with_native
+    assert sum(masked != text for (masked, _), text in zip(with_native, texts, strict=True)) > 200
