@@ -128,7 +128,9 @@ async def record_outcome(call: "Call", outcome: str, response: dict[str, Any] | 
     # If every attempt fails the reconciler closes the call as "unknown".
     for attempt in range(OUTCOME_RETRIES):
         try:
-            await _append(**fields)
+            # The agent has its answer: the record may wait a moment to share the next
+            # call's commit.
+            await writer.append_lingering(**fields)
             return
         except Exception:
             log.exception(

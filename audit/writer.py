@@ -7,7 +7,9 @@ second, shared by all processes. Here, the records that calls of one process ask
 a commit is under way wait for it to end and then go together, in one transaction: each
 caller still returns only once its own record is committed (write-ahead holds), but under
 load many records share one lock and one flush. A lone call pays nothing extra: its
-record is written at once.
+request record is written at once. Its outcome record, which nothing waits on (the agent
+already has its answer), may wait a moment for the next call's request record and share
+its commit (`LINGER_SECONDS`).
 
 If a batch fails, its records are retried one by one, so one bad record cannot fail the
 calls that happened to share its transaction.
@@ -35,6 +37,11 @@ log = logging.getLogger(__name__)
 
 # The most records one transaction takes; more wait for the next.
 MAX_BATCH = 256
+# How long a record that nothing waits on to go ahead (a call's outcome, written after the
+# agent has its answer) may wait for other records to share its transaction: under
+# steady use, the next call's request record, which is written at once and takes the
+# waiting outcome with it, so that a call costs one commit instead of two.
+LINGER_SECONDS = 0.002
 
 _append_many_in_thread = sync_to_async(chain.append_many, thread_sensitive=False)
 
@@ -175,6 +182,7 @@ class GroupWriter:
     def __init__(self) -> None:
         self._pending: list[tuple[dict[str, Any], asyncio.Future[AuditRecord]]] = []
         self._task: asyncio.Task[None] | None = None
+        self._linger: asyncio.TimerHandle | None = None
         self._postgres = PostgresChain()
 
     async def _append_many(self, rows: list[dict[str, Any]]) -> list[AuditRecord]:
@@ -182,16 +190,29 @@ class GroupWriter:
             return await self._postgres.append_many(rows)
         return await _append_many_in_thread(rows)
 
-    async def append(self, fields: dict[str, Any]) -> AuditRecord:
-        """Append one record; returns once it is committed, raises if it could not be."""
-        future: asyncio.Future[AuditRecord] = asyncio.get_running_loop().create_future()
+    async def append(self, fields: dict[str, Any], *, linger: bool = False) -> AuditRecord:
+        """Append one record; returns once it is committed, raises if it could not be.
+
+        linger: the record may wait up to LINGER_SECONDS for others to share its
+        transaction (nothing else waits for it to be written)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[AuditRecord] = loop.create_future()
         # A caller that stopped waiting leaves the failure to the log, not to asyncio's.
         future.add_done_callback(lambda done: done.cancelled() or done.exception())
         self._pending.append((fields, future))
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._drain())
+        if not linger or len(self._pending) >= MAX_BATCH:
+            self._write_now()
+        elif self._linger is None:
+            self._linger = loop.call_later(LINGER_SECONDS, self._write_now)
         # The record is committed, or not, whether or not this caller still waits.
         return await asyncio.shield(future)
+
+    def _write_now(self) -> None:
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._drain())
 
     async def _drain(self) -> None:
         while self._pending:
@@ -245,3 +266,18 @@ def writer() -> GroupWriter:
 
 async def append(**fields: Any) -> AuditRecord:
     return await writer().append(fields)
+
+
+async def flush() -> None:
+    """Write what waits in the running loop's writer now, and wait until it is written (at
+    shutdown: no record is left waiting for a timer that will not fire)."""
+    found = _writers.get(asyncio.get_running_loop())
+    if found is not None and found._pending:
+        found._write_now()
+    if found is not None and found._task is not None and not found._task.done():
+        await asyncio.shield(found._task)
+
+
+async def append_lingering(**fields: Any) -> AuditRecord:
+    """`append` for a record that nothing waits on to go ahead (see LINGER_SECONDS)."""
+    return await writer().append(fields, linger=True)

@@ -20,7 +20,8 @@ own log, which daphne passes on to the `daphne.server` logger at INFO, below the
 records. daphne writes the access log that operators read (`--access-log`, or stdout) itself.
 
 Shutdown: daphne stops on SIGTERM or SIGINT by stopping Twisted's reactor, and has no ASGI
-lifespan events. Before the reactor stops, the gateway ends the upstream sessions and server
+lifespan events. Before the reactor stops, the gateway writes the audit records that wait
+to share a commit (`audit.writer.flush`), then ends the upstream sessions and server
 processes this process opened for itself (`gateway.upstream.close_all`): the session it keeps
 per upstream for stateless agents gets its DELETE, as the MCP specification asks of a client
 that no longer needs a session. Agents' own sessions are left alone: another process behind
@@ -102,9 +103,15 @@ def end_upstreams_at_shutdown() -> None:
 def _end_upstreams():  # type: ignore[no-untyped-def]
     from twisted.internet.defer import Deferred
 
+    from audit import writer
     from gateway import upstream
 
     async def end() -> None:
+        try:
+            # Outcome records that wait to share a commit are written first.
+            await asyncio.wait_for(writer.flush(), SHUTDOWN_SECONDS)
+        except Exception:
+            log.warning("writing the last audit records at shutdown failed", exc_info=True)
         try:
             await asyncio.wait_for(upstream.close_all(), SHUTDOWN_SECONDS)
         except Exception:  # shutdown goes on whatever an upstream does

@@ -245,3 +245,50 @@ def test_the_postgres_statements_do_not_grow_with_the_batch():
     assert one[0] == many[0]
     assert len(one[1]) == len(many[1]) < 10
     assert chain.insert_statement(records[:1])[0] == chain.insert_statement(records)[0]
+
+
+async def test_an_outcome_waits_briefly_to_share_the_next_request_commit(transactions):
+    """A call's outcome record, written after the agent has its answer, may wait a moment
+    for the next call's request record: the two go in one transaction. The request record
+    itself never waits."""
+    await writer.append(**request_fields(0))  # the writer's connection, made once
+    transactions.clear()
+    outcome = asyncio.ensure_future(
+        writer.append_lingering(**request_fields(1, kind=Kind.CALL_OUTCOME))
+    )
+    await asyncio.sleep(0)
+    assert not outcome.done()
+    request = await writer.append(**request_fields(2))
+    record = await outcome
+    assert transactions == [2]
+    assert request.seq == record.seq + 1
+    result = await asyncio.to_thread(chain.verify)
+    assert result.ok, result.error
+
+
+async def test_an_outcome_alone_is_written_after_the_linger(transactions):
+    await writer.append(**request_fields(0))
+    transactions.clear()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    record = await writer.append_lingering(**request_fields(1, kind=Kind.CALL_OUTCOME))
+    assert loop.time() - started >= writer.LINGER_SECONDS * 0.9
+    assert transactions == [1]
+    stored = await asyncio.to_thread(
+        lambda: AuditRecord.objects.filter(seq=record.seq).values_list("kind", flat=True).get()
+    )
+    assert stored == Kind.CALL_OUTCOME
+
+
+async def test_flush_writes_waiting_records_at_once(transactions, monkeypatch):
+    # A linger far longer than the test: only flush can write the record.
+    monkeypatch.setattr(writer, "LINGER_SECONDS", 60.0)
+    await writer.append(**request_fields(0))
+    outcome = asyncio.ensure_future(
+        writer.append_lingering(**request_fields(1, kind=Kind.CALL_OUTCOME))
+    )
+    await asyncio.sleep(0.05)
+    assert not outcome.done()
+    await asyncio.wait_for(writer.flush(), 5)
+    assert outcome.done()
+    assert (await outcome).kind == Kind.CALL_OUTCOME
