@@ -12,8 +12,8 @@ RUN pip install --no-cache-dir uv \
 
 WORKDIR /app
 COPY pyproject.toml uv.lock .python-version ./
-# The e-mail and card detectors are a C extension (native/): built here, then the compiler
-# is removed again.
+# Parts of masking and of the audit encoding are C extensions (native/): built here, then
+# the compiler is removed again.
 COPY native ./native
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \

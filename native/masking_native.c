@@ -1,11 +1,14 @@
-/* The e-mail and payment-card detectors of masking/detectors.py, in C, and the searches
- * that the digit-based detectors share (runs, positions, outside_long_runs).
+/* The e-mail and payment-card detectors of masking/detectors.py, in C, the searches that
+ * the digit-based detectors share (runs, positions, outside_long_runs), and the merging of
+ * all detectors' findings and their replacement (resolve, splice).
  *
- * Each function finds exactly what its Python implementation in masking/detectors.py finds
+ * Each function gives exactly what its Python implementation gives
  * (EmailDetector.find_python, PaymentCardDetector.find_python, _Searches,
- * _outside_long_runs_python): the same results, in the same order. The Python
- * implementation is the specification and the fallback where this module is not built;
- * tests/test_masking_native.py compares the two on the evaluation set and on random text.
+ * _outside_long_runs_python in masking/detectors.py, Scanner.merge_python there and
+ * Masker.splice_python in masking/engine.py): the same results, in the same order. The
+ * Python implementation is the specification and the fallback where this module is not
+ * built; tests/test_masking_native.py compares the two on the evaluation set, on random
+ * text and on random findings.
  *
  * The detectors read the text through the PEP 393 accessors (any of the three kinds) and
  * allocate nothing per character; a 10 KB result with 160 values takes tens of
