@@ -107,12 +107,9 @@ class _Refused(Exception):
 
 
 def _canonical(value: Any) -> bytes:
-    if _native is not None:
-        data = _native.canonical(value)
-        if data is not None:
-            return data
-    elif _plain(value):
-        return _encode_plain(value).encode("utf-8")
+    data = plain_canonical(value)
+    if data is not None:
+        return data
     if isinstance(value, dict):
         if any(type(key) is not str for key in value):
             raise _Refused

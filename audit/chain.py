@@ -19,7 +19,7 @@ from mcpgw.db import backend
 
 from . import checkpoints
 from .canonical import GENESIS_HASH, canonical, chain_hash_bytes, plain_canonical, storable
-from .models import HASHED_FIELDS, AuditHead, AuditRecord, record_hash
+from .models import HASHED_FIELDS, AuditHead, AuditRecord, hash_body, record_hash
 
 JSON_FIELDS = ("arguments", "result", "masking", "details")
 
@@ -83,11 +83,8 @@ def build(rows: list[dict[str, Any]], head_seq: int, head_hash: str) -> list[Aud
         # Every column, in the model's order: defaults first, then the given values.
         values = {**_DEFAULT_ROW, "details": {}, **fields}
         values["seq"], values["created_at"], values["prev_hash"] = seq, stamp, prev_hash
-        # hash_body(values), made faster knowing that values has every field.
-        body = {**values, "created_at": stamp_text}
-        del body["prev_hash"], body["hash"]
-        if body["call_id"] is not None:
-            body["call_id"] = str(body["call_id"])
+        # The batch's time as text once, not once per record.
+        body = hash_body({**values, "created_at": stamp_text})
         data = plain_canonical(body)
         values["hash"] = prev_hash = chain_hash_bytes(
             prev_hash, data if data is not None else canonical(body)

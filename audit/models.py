@@ -70,8 +70,11 @@ HASHED_FIELDS = (
 )
 
 
+_BODY_FIELDS = tuple(name for name in HASHED_FIELDS if name != "prev_hash")
+
+
 def hash_body(values: dict[str, Any]) -> dict[str, Any]:
-    body = {name: values.get(name) for name in HASHED_FIELDS if name != "prev_hash"}
+    body = {name: values.get(name) for name in _BODY_FIELDS}
     created = body["created_at"]
     if not isinstance(created, str):
         body["created_at"] = created.astimezone(UTC).isoformat(timespec="microseconds")

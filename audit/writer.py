@@ -214,6 +214,13 @@ class GroupWriter:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._drain())
 
+    async def flush(self) -> None:
+        """Write what waits now, and wait until it is written."""
+        if self._pending:
+            self._write_now()
+        if self._task is not None and not self._task.done():
+            await asyncio.shield(self._task)
+
     async def _drain(self) -> None:
         while self._pending:
             batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
@@ -272,10 +279,8 @@ async def flush() -> None:
     """Write what waits in the running loop's writer now, and wait until it is written (at
     shutdown: no record is left waiting for a timer that will not fire)."""
     found = _writers.get(asyncio.get_running_loop())
-    if found is not None and found._pending:
-        found._write_now()
-    if found is not None and found._task is not None and not found._task.done():
-        await asyncio.shield(found._task)
+    if found is not None:
+        await found.flush()
 
 
 async def append_lingering(**fields: Any) -> AuditRecord:

@@ -1601,9 +1601,8 @@ class Scanner:
             return []
         if self.use_trigger_set:
             _views(text).find_triggers()
-        if _native is not None:
-            return _native.resolve([list(detector.find(text)) for detector in self.detectors])
-        return self.merge_python([list(detector.find(text)) for detector in self.detectors])
+        lists = [list(detector.find(text)) for detector in self.detectors]
+        return _native.resolve(lists) if _native is not None else self.merge_python(lists)
 
     @staticmethod
     def merge_python(lists: list[list[Finding]]) -> list[Finding]:
