@@ -1122,6 +1122,29 @@ def server_description(options: argparse.Namespace) -> str:
     return f"gateway on daphne {version('daphne')} (1 process, ASGI_THREADS {threads})"
 
 
+def _client_counts(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give client counts such as 1,8,32") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: client counts are 1 or more")
+    return counts
+
+
+def _positive(kind: type[int] | type[float]) -> Any:
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r}: must be more than 0")
+        return value
+
+    return parse
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--short", action="store_true", help="CI mode: quick, numbers not meant")
@@ -1130,9 +1153,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", ""))
     parser.add_argument("--configs", default="embedded,postgres", help="comma-separated")
     parser.add_argument("--eras", default=",".join(ERAS), help="comma-separated")
-    parser.add_argument("--concurrency", help="comma-separated client counts")
-    parser.add_argument("--seconds", type=float, help="length of each measured run")
-    parser.add_argument("--rounds", type=int, help="direct/gateway pairs per client count")
+    parser.add_argument("--concurrency", type=_client_counts, help="comma-separated client counts")
+    parser.add_argument("--seconds", type=_positive(float), help="length of each measured run")
+    parser.add_argument(
+        "--rounds", type=_positive(int), help="direct/gateway pairs per client count"
+    )
     parser.add_argument(
         "--memory",
         default="",
@@ -1159,7 +1184,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="what serves the gateway (daphne, as `make run` does, by default)",
     )
     parser.add_argument(
-        "--workers", type=int, default=1, help="uvicorn or granian worker processes"
+        "--workers", type=_positive(int), default=1, help="uvicorn or granian worker processes"
     )
     parser.add_argument("--keep", action="store_true", help="keep the data directories")
     options = parser.parse_args(argv)
@@ -1179,7 +1204,7 @@ def main(argv: list[str] | None = None) -> None:
     mode = SHORT if options.short else FULL
     overrides: dict[str, Any] = {}
     if options.concurrency:
-        overrides["concurrency"] = tuple(int(c) for c in options.concurrency.split(","))
+        overrides["concurrency"] = options.concurrency
     if options.seconds:
         overrides["seconds"] = options.seconds
     if options.rounds:

@@ -90,6 +90,20 @@ def test_gateway_bench_counts_instructions_per_call_under_callgrind(tmp_path):
     assert len(per_run) == 1 and per_run[0] > 1, output
 
 
+def test_gateway_bench_refuses_bad_options_with_a_message():
+    for arguments, message in (
+        (("--concurrency", "abc"), "client counts such as 1,8,32"),
+        (("--concurrency", "0"), "client counts are 1 or more"),
+        (("--seconds", "-1"), "must be more than 0"),
+        (("--rounds", "x"), "is not a number"),
+        (("--configs", "nope"), "unknown configuration"),
+    ):
+        done = _bench(*arguments, timeout=60)
+        assert done.returncode == 2, (arguments, done.stderr)
+        assert message in done.stderr, (arguments, done.stderr)
+        assert "Traceback" not in done.stderr
+
+
 def test_gateway_bench_refuses_to_count_instructions_at_more_clients(tmp_path):
     done = _bench("--concurrency", "1,8", "--instructions", str(tmp_path), timeout=60)
     assert done.returncode != 0
