@@ -4,6 +4,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+try:  # the compact encoding in C (native/audit_native.c); audit/canonical.py warns if absent
+    from audit_native import compact as _compact
+except ImportError:
+    _compact = None
+
 # JSON-RPC's own codes.
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -109,6 +114,16 @@ def error(id: JsonId, code: int, message: str, data: object = None) -> dict[str,
 
 
 def dumps(payload: object) -> bytes:
+    """A message as compact JSON in UTF-8, as `dumps_python` writes it."""
+    if _compact is not None:
+        encoded = _compact(payload)
+        if encoded is not None:
+            return encoded
+    return dumps_python(payload)
+
+
+def dumps_python(payload: object) -> bytes:
+    """`dumps`, whose bytes `audit_native.compact` gives for the values it covers."""
     try:
         return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
     except UnicodeEncodeError:

@@ -1,4 +1,5 @@
-/* The audit trail's canonical encoding of ordinary JSON values, in C.
+/* JSON encodings in C: the audit trail's canonical encoding of ordinary JSON values, and
+ * the compact encoding of the messages the gateway sends.
  *
  * canonical(value) gives the RFC 8785 bytes of a value of the "plain" subset that
  * audit/canonical.py encodes with the C JSON encoder (see `_plain` there): strings
@@ -10,6 +11,13 @@
  *     json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
  * encoded as UTF-8, which are RFC 8785's (audit/canonical.py says why); tests compare them
  * with the reference implementation.
+ *
+ * compact(value) gives the bytes of json.dumps(value, separators=(",", ":"),
+ * ensure_ascii=False), keys in the dicts' own order, for the JSON-RPC messages the gateway
+ * sends (gateway/jsonrpc.py `dumps`): the same encoder with dict items in order, any int
+ * that fits in 64 bits and any finite float written as its repr. Values it does not cover
+ * (subclasses of dict and list, tuples, other keys than strings, lone surrogates, NaN, the
+ * infinities, larger ints) give None, and json.dumps encodes them.
  *
  * stored_as_is(value) says whether `storable` (audit/canonical.py) would return the value
  * unchanged: a JSON value of dicts with string keys, lists, strings without NUL or lone
@@ -29,6 +37,8 @@ typedef struct {
     char *data;
     Py_ssize_t length;
     Py_ssize_t capacity;
+    /* 0: canonical(), RFC 8785; 1: compact(), json.dumps's compact form. */
+    int compact;
 } Buffer;
 
 static int reserve(Buffer *b, Py_ssize_t more) {
@@ -199,6 +209,25 @@ static int write_dict(Buffer *b, PyObject *dict, int depth) {
     return status == WRITTEN ? put(b, "}", 1) : status;
 }
 
+/* compact(): the items in the dict's own order, as json.dumps writes them. No Python code
+ * runs while they are written, so the dict cannot change under the iteration. */
+static int write_dict_in_order(Buffer *b, PyObject *dict, int depth) {
+    int status = put(b, "{", 1);
+    Py_ssize_t position = 0;
+    PyObject *key, *item;
+    int first = 1;
+    while (status == WRITTEN && PyDict_Next(dict, &position, &key, &item)) {
+        /* json.dumps makes int, float, bool and None keys strings: left to it. */
+        if (!PyUnicode_Check(key)) return NOT_PLAIN;
+        if (!first) status = put(b, ",", 1);
+        first = 0;
+        if (status == WRITTEN) status = write_string(b, key);
+        if (status == WRITTEN) status = put(b, ":", 1);
+        if (status == WRITTEN) status = write_value(b, item, depth + 1);
+    }
+    return status == WRITTEN ? put(b, "}", 1) : status;
+}
+
 static int write_list(Buffer *b, PyObject *list, int depth) {
     int status = put(b, "[", 1);
     /* The list's size is read on every turn: it cannot change here (no Python runs), but
@@ -225,12 +254,41 @@ static int write_float(Buffer *b, double v) {
     return status;
 }
 
+/* compact(): what json.dumps writes for an int (any that fits in 64 bits) or a finite float
+ * (its repr); NaN and the infinities, which it writes as NaN and Infinity, are left to it. */
+static int write_compact_number(Buffer *b, PyObject *value) {
+    if (PyLong_CheckExact(value)) {
+        int overflow = 0;
+        long long v = PyLong_AsLongLongAndOverflow(value, &overflow);
+        if (v == -1 && PyErr_Occurred()) return FAILED;
+        if (overflow) return NOT_PLAIN;
+        char digits[24];
+        int n = snprintf(digits, sizeof digits, "%lld", v);
+        return put(b, digits, n);
+    }
+    double v = PyFloat_AS_DOUBLE(value);
+    if (!isfinite(v)) return NOT_PLAIN;
+    char *repr = PyOS_double_to_string(v, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+    if (repr == NULL) return FAILED;
+    int status = put(b, repr, (Py_ssize_t)strlen(repr));
+    PyMem_Free(repr);
+    return status;
+}
+
 static int write_value(Buffer *b, PyObject *value, int depth) {
     if (depth > MAX_DEPTH) return NOT_PLAIN;
     if (PyUnicode_Check(value)) return write_string(b, value);
     if (value == Py_None) return put(b, "null", 4);
     if (value == Py_True) return put(b, "true", 4);
     if (value == Py_False) return put(b, "false", 5);
+    if (b->compact) {
+        /* Subclasses are left to json.dumps, which may call their own methods. */
+        if (PyDict_CheckExact(value)) return write_dict_in_order(b, value, depth);
+        if (PyList_CheckExact(value)) return write_list(b, value, depth);
+        if (PyLong_CheckExact(value) || PyFloat_CheckExact(value))
+            return write_compact_number(b, value);
+        return NOT_PLAIN;
+    }
     if (PyDict_Check(value)) return write_dict(b, value, depth);
     if (PyList_Check(value)) return write_list(b, value, depth);
     if (PyLong_CheckExact(value)) {
@@ -246,8 +304,8 @@ static int write_value(Buffer *b, PyObject *value, int depth) {
     return NOT_PLAIN;
 }
 
-static PyObject *canonical(PyObject *module, PyObject *value) {
-    Buffer b = {NULL, 0, 0};
+static PyObject *encode(PyObject *value, int compact) {
+    Buffer b = {NULL, 0, 0, compact};
     int status = write_value(&b, value, 0);
     PyObject *result = NULL;
     if (status == WRITTEN) {
@@ -258,6 +316,10 @@ static PyObject *canonical(PyObject *module, PyObject *value) {
     PyMem_Free(b.data);
     return result;
 }
+
+static PyObject *canonical(PyObject *module, PyObject *value) { return encode(value, 0); }
+
+static PyObject *compact(PyObject *module, PyObject *value) { return encode(value, 1); }
 
 /* Whether a str holds neither NUL nor a lone surrogate (`_text` would change it). */
 static int text_as_is(PyObject *text) {
@@ -319,6 +381,10 @@ static PyObject *stored_as_is(PyObject *module, PyObject *value) {
 static PyMethodDef methods[] = {
     {"canonical", canonical, METH_O,
      "canonical(value): RFC 8785 bytes of a plain JSON value, None for any other value."},
+    {"compact", compact, METH_O,
+     "compact(value): json.dumps(value, separators=(',', ':'), ensure_ascii=False) as UTF-8 "
+     "for a value of exact dicts with str keys, lists, strings without lone surrogates, "
+     "None, booleans, 64-bit ints and finite floats; None for any other value."},
     {"stored_as_is", stored_as_is, METH_O,
      "stored_as_is(value): whether audit.canonical.storable would return value unchanged."},
     {NULL, NULL, 0, NULL},
@@ -327,7 +393,7 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {
     .m_base = PyModuleDef_HEAD_INIT,
     .m_name = "audit_native",
-    .m_doc = "The audit trail's canonical encoding of ordinary JSON values, in C.",
+    .m_doc = "JSON encodings in C: the audit trail's canonical one and the compact one of messages.",
     .m_size = -1,
     .m_methods = methods,
 };

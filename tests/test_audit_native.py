@@ -1,7 +1,8 @@
-"""The audit encoder in C (native/audit_native.c) gives exactly what its Python
-specification in audit/canonical.py gives: the same canonical bytes (RFC 8785's) for
-plain values and None for the rest, and `storable` unchanged where it says so; records
-built with it carry the same hashes and rows as without it."""
+"""The JSON encoders in C (native/audit_native.c) give exactly what their Python
+specifications give: for the audit trail (audit/canonical.py), the same canonical bytes
+(RFC 8785's) for plain values and None for the rest, and `storable` unchanged where it
+says so, records built with it carrying the same hashes and rows as without it; for the
+messages the gateway sends (gateway/jsonrpc.py), json.dumps's compact bytes."""
 
 import enum
 import json
@@ -18,6 +19,7 @@ from audit import canonical as canonical_module
 from audit import chain
 from audit.canonical import canonical, storable, storable_python
 from audit.models import Kind
+from gateway import jsonrpc
 
 native = canonical_module._native
 
@@ -223,3 +225,69 @@ def test_records_built_with_and_without_the_c_are_the_same(
     # Most rows are the canonical bytes, written once; rows that are not plain are encoded.
     carried = sum(hasattr(r, "_row_json") for r in with_c)
     assert 0 < carried < len(with_c)
+
+
+def compact_covers(value: Any, depth: int = 0) -> bool:
+    """The values `compact` encodes itself (native/audit_native.c says why these)."""
+    if depth > 200:
+        return False
+    if isinstance(value, str):
+        return not any(0xD800 <= ord(c) <= 0xDFFF for c in value)
+    if value is None or value is True or value is False:
+        return True
+    if type(value) is int:
+        return -(2**63) <= value < 2**63
+    if type(value) is float:
+        return math.isfinite(value)
+    if type(value) is list:
+        return all(compact_covers(v, depth + 1) for v in value)
+    if type(value) is dict:
+        return all(
+            isinstance(k, str) and compact_covers(k) and compact_covers(v, depth + 1)
+            for k, v in value.items()
+        )
+    return False
+
+
+def python_dumps(value: Any) -> bytes | str:
+    try:
+        return jsonrpc.dumps_python(value)
+    except (TypeError, ValueError) as error:
+        return type(error).__name__
+
+
+def test_compact_gives_json_dumps_bytes_or_none() -> None:
+    """Messages to agents: the C writes what json.dumps writes, keys in their order."""
+    rng = random.Random(7159)
+    covered = 0
+    for _ in range(30_000):
+        value = random_value(rng)
+        if compact_covers(value):
+            covered += 1
+            assert native.compact(value) == python_dumps(value), repr(value)[:300]
+        else:
+            assert native.compact(value) is None, repr(value)[:300]
+        # What the gateway sends is the same with the C and without it.
+        try:
+            sent: bytes | str = jsonrpc.dumps(value)
+        except (TypeError, ValueError) as error:
+            sent = type(error).__name__
+        assert sent == python_dumps(value), repr(value)[:300]
+    assert 5_000 < covered < 25_000, covered
+
+
+def test_compact_of_every_number_and_string() -> None:
+    for value in [*NUMBERS, *STRINGS, *ODD, 2**63 - 1, -(2**63), 2**63]:
+        for wrapped in (value, [value], {"k": value, "é": [value, None]}):
+            expected = python_dumps(wrapped) if compact_covers(wrapped) else None
+            assert native.compact(wrapped) == expected, repr(wrapped)[:200]
+    floats = [10.0 ** random.Random(754).uniform(-330, 308) for _ in range(20_000)]
+    for value in floats + [-f for f in floats] + [float(round(f)) for f in floats[:2000]]:
+        assert native.compact(value) == python_dumps(value), repr(value)
+    deep: Any = "bottom"
+    for _ in range(500):
+        deep = {"d": deep}
+    assert native.compact(deep) is None
+    assert jsonrpc.dumps(deep) == python_dumps(deep)
+    for text in ("a" * 1_000_000, 'q"\n' * 100_000, "é" * 300_000, "😀\t" * 100_000):
+        assert native.compact({"t": text}) == python_dumps({"t": text})
