@@ -132,7 +132,7 @@ _WORD = _ALNUM | {"_"}
 _ALNUM_BYTES = frozenset(map(ord, _ALNUM))  # the same characters as items of a bytes object
 _NON_DIGITS = re.compile(r"[^0-9]")
 # "NL91 ABNA 0417 1643 00": digits that end a grouped account number are not a phone or card
-_GROUPED_ACCOUNT_BEFORE = re.compile(r"[A-Z]{2}[0-9]{2}(?: [A-Z0-9]{4})+ \Z")
+_GROUPED_ACCOUNT_BEFORE = re.compile(r"[A-Z]{2}[0-9]{2}(?: [A-Z0-9]{4})* \Z")
 
 
 def _after_grouped_account(text: str, start: int) -> bool:
@@ -716,9 +716,13 @@ class PhoneDetector:
 # ---------------------------------------------------------------------------------------
 # payment card
 
+# A card stands on its own: not joined to a word, a number or a dash before it ("12-4111
+# 1111 1111 1111" is one identifier). A short number may come before it after a space ("qty
+# 3 4111 1111 1111 1111"); four digits or more, only where they end a card found before it
+# (`PaymentCardDetector.find_python`): otherwise they are a longer grouped number.
 _CARD = re.compile(  # on the shape (digits are 0)
     rb"""
-    0000(?<![\w.\-+/$]0000)(?<!0[ \-]0000)
+    0000(?<![\w.\-+/$]0000)(?<!0-0000)
     (?:
         0{8,15}
       | (?P<s>[ \-])0000(?P=s)0000(?:(?P=s)0{1,4}(?:(?P=s)000)?)?
@@ -787,7 +791,8 @@ def _scheme_issues(d: str, n: int) -> bool:
 
 
 def _card_context(text: str, start: int) -> bool:
-    """A card word ("card", "pan", "visa"...) just before a compact 12-digit candidate."""
+    """A card word ("card", "pan", "visa"...) just before a candidate: a compact 12-digit
+    one, or a grouped one read without the number after it."""
     return bool(_CARD_CONTEXT.search(_views(text).lower[max(0, start - 32) : start]))
 
 
@@ -843,12 +848,22 @@ class PaymentCardDetector:
             if match is None:
                 continue
             start, end = match.span()
+            if shape.endswith(b"0000 ", 0, start) and start - 1 != resume:
+                continue  # inside a longer grouped number
             if run_end:
                 digits = text[start:end]
             else:  # digits and the separators space or -, as the match on the shape tells
                 digits = text[start:end].replace(" ", "").replace("-", "")
                 if not _card_digits_ok(digits):
-                    continue
+                    # After a card word, a card and a number after it: "card 4111 1111 1111
+                    # 1111 123" (the groups before the match's last space, at least four).
+                    # Without one, such digits are one longer number.
+                    end = text.rfind(" ", start + 15, end)
+                    if end == -1 or not _card_context(text, start):
+                        continue
+                    digits = text[start:end].replace(" ", "")
+                    if not _card_digits_ok(digits):
+                        continue
             if len(digits) == 12 and end - start == 12 and not _card_context(text, start):
                 continue
             if accounts and _after_grouped_account(text, start):

@@ -324,7 +324,7 @@ static Py_ssize_t card_match(const Shape *s, Py_ssize_t p) {
     if (p >= 1 && (is_word((unsigned char)before) || before == '.' || before == '-' ||
                    before == '+' || before == '/' || before == '$'))
         return -1;
-    if (p >= 2 && sh(s, p - 2) == '0' && (before == ' ' || before == '-')) return -1;
+    if (p >= 2 && sh(s, p - 2) == '0' && before == '-') return -1;
     Py_ssize_t q = p + 4;
     char sep = sh(s, q);
     if (sep == '0') { /* 0{8,15} */
@@ -399,7 +399,8 @@ static int call_check(PyObject *check, PyObject *text, Py_ssize_t start) {
 }
 
 /* card_findings(text, finding_type, entity, name, context_ok, after_account):
- * context_ok(text, start) is asked for a compact 12-digit candidate (`_CARD_CONTEXT`), and
+ * context_ok(text, start) is asked for a compact 12-digit candidate and for a grouped one
+ * read without the number after it (`_CARD_CONTEXT`), and
  * after_account(text, start) for every match when the shape holds AA00
  * (`_after_grouped_account`). */
 static PyObject *card_findings(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
@@ -454,12 +455,27 @@ static PyObject *card_findings(PyObject *module, PyObject *const *args, Py_ssize
         }
         Py_ssize_t end = card_match(&s, p);
         if (end < 0) continue;
+        /* After four digits and a space: inside a longer grouped number, unless they end a
+         * card found before. */
+        if (p >= 5 && buffer[p - 1] == ' ' && zeros(&s, p - 5, 4) && p - 1 != resume) continue;
         if (!run_end) {
             for (Py_ssize_t i = p; i < end && n < (int)sizeof digits; i++) {
                 Py_UCS4 c = at(&t, i);
                 if (c != ' ' && c != '-') digits[n++] = (char)c;
             }
-            if (!card_digits_ok(digits, n)) continue;
+            if (!card_digits_ok(digits, n)) {
+                /* After a card word, the groups before the match's last space, at least
+                 * four: a card and a number after it. */
+                Py_ssize_t space = end - 1;
+                while (space >= p + 15 && buffer[space] != ' ') space--;
+                if (space < p + 15) continue;
+                n -= (int)(end - space - 1);
+                end = space;
+                if (!card_digits_ok(digits, n)) continue;
+                int context = call_check(args[4], args[0], p);
+                if (context < 0) goto failed;
+                if (!context) continue;
+            }
         }
         if (n == 12 && end - p == 12) {
             int ok = call_check(args[4], args[0], p);

@@ -232,6 +232,34 @@ def test_phone_numbers_beside_card_numbers_are_found(text: str, card: str, phone
     assert found(text) == [("CARD", card), ("PHONE", phone)]
 
 
+@pytest.mark.parametrize(
+    ("text", "cards"),
+    [
+        # A card after a short number, or after another card.
+        ("qty 3 4111 1111 1111 1111 exp 12/27", ["4111 1111 1111 1111"]),
+        ("order 12 5555 5555 5555 4444", ["5555 5555 5555 4444"]),
+        ("1 4111111111111111", ["4111111111111111"]),
+        ("4111 1111 1111 1111 5555 5555 5555 4444", ["4111 1111 1111 1111", "5555 5555 5555 4444"]),
+        ("4111111111111111 5555555555554444", ["4111111111111111", "5555555555554444"]),
+        ("3782 822463 10005 4111 1111 1111 1111", ["3782 822463 10005", "4111 1111 1111 1111"]),
+        # After a card word, a card and the number after it (a security code).
+        ("card 4111 1111 1111 1111 123", ["4111 1111 1111 1111"]),
+        ("Visa: 5555 5555 5555 4444 737 exp 03/30", ["5555 5555 5555 4444"]),
+        # One longer number, not a card inside it: grouped in fours, joined by dashes,
+        # an account number's groups, or 19 digits without a card word.
+        ("Reference 6229 0775 5153 8796 855 (not a card).", []),
+        ("Ticket number 5522 4111 1111 1111 1111.", []),
+        ("12-4111-1111-1111-1111", []),
+        ("4111-1111-1111-1111-123", []),
+        ("IBAN PL11 4005 6941 6143 5620 3967 1058 failed validation", []),
+    ],
+)
+def test_cards_beside_other_numbers(text: str, cards: list[str]) -> None:
+    assert [(entity, value) for entity, value in found(text) if entity == "CARD"] == [
+        ("CARD", card) for card in cards
+    ]
+
+
 @pytest.mark.parametrize("before", ["", " ", "é", "x y ", "("])
 def test_email_local_part_is_at_most_64_characters(before: str) -> None:
     # RFC 5321's limit: 64 characters before the @ are an address, 65 are not one (and no

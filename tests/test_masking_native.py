@@ -98,6 +98,8 @@ def _edge_texts() -> list[str]:
                 digits = _luhn_complete(prefix, length, rng)
                 grouped = " ".join(digits[i : i + 4] for i in range(0, length, 4))
                 texts.append(f"{digits} {grouped}")
+                # Numbers beside cards: after one, a card word, four digits or a card.
+                texts.append(f"{grouped} {digits[-3:]} card {grouped} 1{digits[:3]} 12 {grouped}")
     return texts
 
 
