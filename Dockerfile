@@ -12,7 +12,7 @@ RUN pip install --no-cache-dir uv \
 
 WORKDIR /app
 COPY pyproject.toml uv.lock .python-version ./
-# Parts of masking and of the audit encoding are C extensions (native/): built here, then
+# Parts of masking and of the JSON encoding are C extensions (native/): built here, then
 # the compiler is removed again.
 COPY native ./native
 RUN apt-get update \
