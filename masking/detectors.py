@@ -856,9 +856,9 @@ class PaymentCardDetector:
                 digits = text[start:end].replace(" ", "").replace("-", "")
                 if not _card_digits_ok(digits):
                     # After a card word, a card and a number after it: "card 4111 1111 1111
-                    # 1111 123" (the groups before the match's last space, at least four).
-                    # Without one, such digits are one longer number.
-                    end = text.rfind(" ", start + 15, end)
+                    # 1111 123", "Visa 6759 3658 6923 12/27" (the groups before the match's
+                    # last space, at least three). Without one, such digits are one number.
+                    end = text.rfind(" ", start + 14, end)
                     if end == -1 or not _card_context(text, start):
                         continue
                     digits = text[start:end].replace(" ", "")

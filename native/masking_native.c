@@ -465,10 +465,10 @@ static PyObject *card_findings(PyObject *module, PyObject *const *args, Py_ssize
             }
             if (!card_digits_ok(digits, n)) {
                 /* After a card word, the groups before the match's last space, at least
-                 * four: a card and a number after it. */
+                 * three: a card and a number after it. */
                 Py_ssize_t space = end - 1;
-                while (space >= p + 15 && buffer[space] != ' ') space--;
-                if (space < p + 15) continue;
+                while (space >= p + 14 && buffer[space] != ' ') space--;
+                if (space < p + 14) continue;
                 n -= (int)(end - space - 1);
                 end = space;
                 if (!card_digits_ok(digits, n)) continue;
