@@ -131,8 +131,6 @@ _ALNUM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234567
 _WORD = _ALNUM | {"_"}
 _ALNUM_BYTES = frozenset(map(ord, _ALNUM))  # the same characters as items of a bytes object
 _NON_DIGITS = re.compile(r"[^0-9]")
-# "NL91 ABNA 0417 1643 00": digits that end a grouped account number are not a phone or card
-_GROUPED_ACCOUNT_BEFORE = re.compile(r"[A-Z]{2}[0-9]{2}(?: [A-Z0-9]{4})* \Z")
 
 
 def _after_grouped_account(text: str, start: int) -> bool:
@@ -722,7 +720,7 @@ class PhoneDetector:
 # (`PaymentCardDetector.find_python`): otherwise they are a longer grouped number.
 _CARD = re.compile(  # on the shape (digits are 0)
     rb"""
-    0000(?<![\w.\-+/$]0000)(?<!0-0000)
+    0000(?<![\w.\-+/$]0000)
     (?:
         0{8,15}
       | (?P<s>[ \-])0000(?P=s)0000(?:(?P=s)0{1,4}(?:(?P=s)000)?)?
@@ -888,6 +886,12 @@ IBAN_LENGTHS = {
     "TL": 23, "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20, "YE": 30,
 }  # fmt: skip
 _IBAN_START = re.compile(rb"AA00")  # on the shape: two capitals and two digits
+# "NL91 ABNA 0417 1643 00", "PL11 4005 6941 ...": digits that continue a grouped account
+# number (a country's code standing alone, its check digits, groups of four) are not a phone
+# or card number. "FY24 4111 1111 1111 1111" or "COVID19 4111 ..." start no account.
+_GROUPED_ACCOUNT_BEFORE = re.compile(
+    rf"(?<![A-Za-z0-9])(?:{'|'.join(IBAN_LENGTHS)})[0-9]{{2}}(?: [A-Z0-9]{{4}})* \Z"
+)
 
 
 # Each letter as its number in base 36 (A and a are 10, Z and z 35).

@@ -324,7 +324,6 @@ static Py_ssize_t card_match(const Shape *s, Py_ssize_t p) {
     if (p >= 1 && (is_word((unsigned char)before) || before == '.' || before == '-' ||
                    before == '+' || before == '/' || before == '$'))
         return -1;
-    if (p >= 2 && sh(s, p - 2) == '0' && before == '-') return -1;
     Py_ssize_t q = p + 4;
     char sep = sh(s, q);
     if (sep == '0') { /* 0{8,15} */

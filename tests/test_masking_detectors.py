@@ -254,6 +254,10 @@ def test_phone_numbers_beside_card_numbers_are_found(text: str, card: str, phone
         ("12-4111-1111-1111-1111", []),
         ("4111-1111-1111-1111-123", []),
         ("IBAN PL11 4005 6941 6143 5620 3967 1058 failed validation", []),
+        ("DE12 4111 1111 1111 1111", []),
+        # Letters and two digits that start no account number.
+        ("FY24 4111 1111 1111 1111", ["4111 1111 1111 1111"]),
+        ("COVID19 4111 1111 1111 1111", ["4111 1111 1111 1111"]),
     ],
 )
 def test_cards_beside_other_numbers(text: str, cards: list[str]) -> None:
