@@ -242,6 +242,29 @@ def test_postgres_triggers_refuse_update_delete_truncate():
     assert AuditRecord.objects.filter(username="mallory").count() == 0
 
 
+@pytest.mark.django_db
+def test_large_values_are_compressed_with_lz4_where_postgres_has_it():
+    needs_postgres()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT enumvals FROM pg_settings WHERE name = 'default_toast_compression'")
+        if "lz4" not in cursor.fetchone()[0]:
+            pytest.skip("this Postgres is built without lz4")
+    text = "order 100042: paid 12.50 EUR, status shipped\n" * 300  # 14 KB that compresses
+    record = chain.append(
+        kind=Kind.CALL_OUTCOME, target="report", arguments={"text": text}, result={"text": text}
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_column_compression(arguments), pg_column_compression(result) "
+            "FROM audit_auditrecord WHERE seq = %s",
+            [record.seq],
+        )
+        assert cursor.fetchone() == ("lz4", "lz4")
+    stored = AuditRecord.objects.get(seq=record.seq)
+    assert stored.result == {"text": text}
+    assert stored.compute_hash() == stored.hash
+
+
 def embedded_env(data_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     return {**env, "DATA_DIR": str(data_dir)}
