@@ -242,32 +242,29 @@ static int write_list(Buffer *b, PyObject *list, int depth) {
     return status == WRITTEN ? put(b, "]", 1) : status;
 }
 
-static int write_float(Buffer *b, double v) {
-    double magnitude = fabs(v);
-    /* Between 1e-4 and 1e16 Python's repr and ECMAScript's number formatting agree, except
-     * on whole numbers (12.0 against 12). */
-    if (!(magnitude >= 1e-4 && magnitude < 1e16) || floor(v) == v) return NOT_PLAIN;
-    char *repr = PyOS_double_to_string(v, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
-    if (repr == NULL) return FAILED;
-    int status = put(b, repr, (Py_ssize_t)strlen(repr));
-    PyMem_Free(repr);
-    return status;
+/* An exact int's digits: any that fits in 64 bits for compact(), as json.dumps writes it;
+ * within +-(2^53 - 1) for canonical(). */
+static int write_int(Buffer *b, PyObject *value) {
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(value, &overflow);
+    if (v == -1 && PyErr_Occurred()) return FAILED;
+    if (overflow || (!b->compact && (v > SAFE_INTEGER || v < -SAFE_INTEGER))) return NOT_PLAIN;
+    char digits[24];
+    int n = snprintf(digits, sizeof digits, "%lld", v);
+    return put(b, digits, n);
 }
 
-/* compact(): what json.dumps writes for an int (any that fits in 64 bits) or a finite float
- * (its repr); NaN and the infinities, which it writes as NaN and Infinity, are left to it. */
-static int write_compact_number(Buffer *b, PyObject *value) {
-    if (PyLong_CheckExact(value)) {
-        int overflow = 0;
-        long long v = PyLong_AsLongLongAndOverflow(value, &overflow);
-        if (v == -1 && PyErr_Occurred()) return FAILED;
-        if (overflow) return NOT_PLAIN;
-        char digits[24];
-        int n = snprintf(digits, sizeof digits, "%lld", v);
-        return put(b, digits, n);
+/* A float as Python's repr writes it: for compact(), any finite one (json.dumps writes NaN
+ * and the infinities as NaN and Infinity: left to it); for canonical(), only between 1e-4
+ * and 1e16, where Python's repr and ECMAScript's number formatting agree, except on whole
+ * numbers (12.0 against 12). */
+static int write_float(Buffer *b, double v) {
+    if (b->compact) {
+        if (!isfinite(v)) return NOT_PLAIN;
+    } else {
+        double magnitude = fabs(v);
+        if (!(magnitude >= 1e-4 && magnitude < 1e16) || floor(v) == v) return NOT_PLAIN;
     }
-    double v = PyFloat_AS_DOUBLE(value);
-    if (!isfinite(v)) return NOT_PLAIN;
     char *repr = PyOS_double_to_string(v, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
     if (repr == NULL) return FAILED;
     int status = put(b, repr, (Py_ssize_t)strlen(repr));
@@ -285,21 +282,11 @@ static int write_value(Buffer *b, PyObject *value, int depth) {
         /* Subclasses are left to json.dumps, which may call their own methods. */
         if (PyDict_CheckExact(value)) return write_dict_in_order(b, value, depth);
         if (PyList_CheckExact(value)) return write_list(b, value, depth);
-        if (PyLong_CheckExact(value) || PyFloat_CheckExact(value))
-            return write_compact_number(b, value);
-        return NOT_PLAIN;
+    } else {
+        if (PyDict_Check(value)) return write_dict(b, value, depth);
+        if (PyList_Check(value)) return write_list(b, value, depth);
     }
-    if (PyDict_Check(value)) return write_dict(b, value, depth);
-    if (PyList_Check(value)) return write_list(b, value, depth);
-    if (PyLong_CheckExact(value)) {
-        int overflow = 0;
-        long long v = PyLong_AsLongLongAndOverflow(value, &overflow);
-        if (v == -1 && PyErr_Occurred()) return FAILED;
-        if (overflow || v > SAFE_INTEGER || v < -SAFE_INTEGER) return NOT_PLAIN;
-        char digits[24];
-        int n = snprintf(digits, sizeof digits, "%lld", v);
-        return put(b, digits, n);
-    }
+    if (PyLong_CheckExact(value)) return write_int(b, value);
     if (PyFloat_CheckExact(value)) return write_float(b, PyFloat_AS_DOUBLE(value));
     return NOT_PLAIN;
 }
