@@ -252,31 +252,48 @@ class _Views:
             self._ascii = self.text.encode("ascii", "replace")
         return self._ascii
 
+    def _derive(self) -> None:
+        """shape, joined, lower and local in one pass over the ASCII view
+        (`masking_native.views`, which gives what the properties below give without it)."""
+        self._shape, self._joined, self._lower, self._local = _native.views(self.ascii)
+
     @property
     def shape(self) -> bytes:
         if self._shape is None:
-            self._shape = self.ascii.translate(_SHAPE_TABLE)
-        return self._shape
+            if _native is not None:
+                self._derive()
+            else:
+                self._shape = self.ascii.translate(_SHAPE_TABLE)
+        return self._shape  # type: ignore[return-value]
 
     @property
     def joined(self) -> bytes:
         if self._joined is None:
-            self._joined = self.shape.translate(_JOINED_TABLE)
-        return self._joined
+            if _native is not None:
+                self._derive()
+            else:
+                self._joined = self.shape.translate(_JOINED_TABLE)
+        return self._joined  # type: ignore[return-value]
 
     @property
     def lower(self) -> bytes:
         if self._lower is None:
-            self._lower = self.ascii.lower()
-        return self._lower
+            if _native is not None:
+                self._derive()
+            else:
+                self._lower = self.ascii.lower()
+        return self._lower  # type: ignore[return-value]
 
     @property
     def local(self) -> bytes:
         """The text with every character that may be in an e-mail address's local part as
         L and every other as a space."""
         if self._local is None:
-            self._local = self.ascii.translate(_LOCAL_TABLE)
-        return self._local
+            if _native is not None:
+                self._derive()
+            else:
+                self._local = self.ascii.translate(_LOCAL_TABLE)
+        return self._local  # type: ignore[return-value]
 
     @property
     def accounts(self) -> bool:
@@ -815,7 +832,13 @@ class PaymentCardDetector:
             return self.find_python(text)
         return iter(
             _native.card_findings(
-                text, Finding, self.entity, self.name, _card_context, _after_grouped_account
+                text,
+                Finding,
+                self.entity,
+                self.name,
+                _card_context,
+                _after_grouped_account,
+                _views(text).shape,
             )
         )
 

@@ -10,6 +10,8 @@
  * built; tests/test_masking_native.py compares the two on the evaluation set, on random
  * text and on random findings.
  *
+ * `views` makes the derived forms of a text that the detectors share (`_Views`) in one pass.
+ *
  * The detectors read the text through the PEP 393 accessors (any of the three kinds) and
  * allocate nothing per character; a 10 KB result with 160 values takes tens of
  * microseconds.
@@ -220,6 +222,21 @@ static PyObject *email_findings(PyObject *module, PyObject *const *args, Py_ssiz
     return found;
 }
 
+/* The first start of literal (m > 0 bytes) in data[from:n], or -1, for a literal whose
+ * first byte is rare in data (memchr skips to each): cheaper than memmem, whose set-up on
+ * every call costs more than such a search does. */
+static Py_ssize_t find_literal(const char *data, Py_ssize_t n, const char *literal,
+                               Py_ssize_t m, Py_ssize_t from) {
+    const char first = literal[0];
+    for (Py_ssize_t i = from; i + m <= n; i++) {
+        const char *hit = memchr(data + i, first, n - m + 1 - i);
+        if (hit == NULL) return -1;
+        i = hit - data;
+        if (memcmp(hit + 1, literal + 1, m - 1) == 0) return i;
+    }
+    return -1;
+}
+
 /* ------------------------------------------------------------------------------------ */
 /* payment cards                                                                        */
 
@@ -404,26 +421,40 @@ static int call_check(PyObject *check, PyObject *text, Py_ssize_t start) {
  * (`_after_grouped_account`). */
 static PyObject *card_findings(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     Text t;
+    PyObject *shape = NULL; /* the text's shape (`_Views.shape`), when the caller has it */
+    if (nargs == 7) {
+        shape = args[6];
+        nargs = 6;
+    }
     if (finding_args(args, nargs, 6,
-                     "card_findings(text, finding_type, entity, name, context_ok, after_account)",
+                     "card_findings(text, finding_type, entity, name, context_ok, after_account"
+                     "[, shape])",
                      &t) < 0)
         return NULL;
+    if (shape != NULL && (!PyBytes_Check(shape) || PyBytes_GET_SIZE(shape) != t.n)) {
+        PyErr_SetString(PyExc_TypeError, "card_findings: shape must be bytes as long as text");
+        return NULL;
+    }
     PyTypeObject *type = (PyTypeObject *)args[1];
     PyObject *found = PyList_New(0);
     if (found == NULL) return NULL;
-    char *buffer = PyMem_Malloc(t.n + 1);
-    if (buffer == NULL) {
-        Py_DECREF(found);
-        return PyErr_NoMemory();
+    char *buffer = NULL; /* the shape made here, when not given */
+    if (shape == NULL) {
+        buffer = PyMem_Malloc(t.n + 1);
+        if (buffer == NULL) {
+            Py_DECREF(found);
+            return PyErr_NoMemory();
+        }
+        if (t.kind == PyUnicode_1BYTE_KIND) {
+            const Py_UCS1 *data = t.data;
+            for (Py_ssize_t i = 0; i < t.n; i++) buffer[i] = SHAPES[data[i]];
+        } else {
+            for (Py_ssize_t i = 0; i < t.n; i++) buffer[i] = shape_of(at(&t, i));
+        }
     }
-    if (t.kind == PyUnicode_1BYTE_KIND) {
-        const Py_UCS1 *data = t.data;
-        for (Py_ssize_t i = 0; i < t.n; i++) buffer[i] = SHAPES[data[i]];
-    } else {
-        for (Py_ssize_t i = 0; i < t.n; i++) buffer[i] = shape_of(at(&t, i));
-    }
+    const char *shaped = buffer != NULL ? buffer : PyBytes_AS_STRING(shape);
     int accounts = -1; /* `_Views.accounts`: AA00 anywhere in the shape (once needed) */
-    Shape s = {buffer, t.n};
+    Shape s = {shaped, t.n};
     Py_ssize_t resume = 0;
     char digits[24];
     Py_ssize_t run_start = 0;
@@ -432,11 +463,11 @@ static PyObject *card_findings(PyObject *module, PyObject *const *args, Py_ssize
          * length a card may have (`_Views.long_runs`), or a grouped start. A grouped start
          * right after a digit is a candidate of the Python implementation too, but `_CARD`
          * cannot match there (its lookbehind): only the starts of runs are tried. */
-        const char *digit = memchr(buffer + p, '0', t.n - p);
+        const char *digit = memchr(shaped + p, '0', t.n - p);
         if (digit == NULL) break;
-        p = digit - buffer;
+        p = digit - shaped;
         Py_ssize_t q = p + 1;
-        while (q < t.n && buffer[q] == '0') q++;
+        while (q < t.n && shaped[q] == '0') q++;
         run_start = q + 1; /* after the run and the character that ends it */
         Py_ssize_t run_end = 0;
         if (q - p == 4) {
@@ -456,7 +487,7 @@ static PyObject *card_findings(PyObject *module, PyObject *const *args, Py_ssize
         if (end < 0) continue;
         /* After four digits and a space: inside a longer grouped number, unless they end a
          * card found before. */
-        if (p >= 5 && buffer[p - 1] == ' ' && zeros(&s, p - 5, 4) && p - 1 != resume) continue;
+        if (p >= 5 && shaped[p - 1] == ' ' && zeros(&s, p - 5, 4) && p - 1 != resume) continue;
         if (!run_end) {
             for (Py_ssize_t i = p; i < end && n < (int)sizeof digits; i++) {
                 Py_UCS4 c = at(&t, i);
@@ -466,7 +497,7 @@ static PyObject *card_findings(PyObject *module, PyObject *const *args, Py_ssize
                 /* After a card word, the groups before the match's last space, at least
                  * three: a card and a number after it. */
                 Py_ssize_t space = end - 1;
-                while (space >= p + 14 && buffer[space] != ' ') space--;
+                while (space >= p + 14 && shaped[space] != ' ') space--;
                 if (space < p + 14) continue;
                 n -= (int)(end - space - 1);
                 end = space;
@@ -482,7 +513,7 @@ static PyObject *card_findings(PyObject *module, PyObject *const *args, Py_ssize
             if (!ok) continue;
         }
         if (accounts == -1) {
-            accounts = memmem(buffer, t.n, "AA00", 4) != NULL;
+            accounts = find_literal(shaped, t.n, "AA00", 4, 0) >= 0;
         }
         if (accounts) {
             int after = call_check(args[5], args[0], p);
@@ -549,31 +580,84 @@ static PyObject *runs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
     PyObject *found = PyList_New(0);
     if (found == NULL) return NULL;
-    /* The first `minimum` bytes of a run, searched for as one literal: the leftmost hit
-     * after the end of the previous run is the start of the next long enough run. */
-    char *needle = PyMem_Malloc(minimum);
-    if (needle == NULL) {
-        Py_DECREF(found);
-        return PyErr_NoMemory();
-    }
-    memset(needle, (int)byte, minimum);
+    const char b = (char)byte;
     for (Py_ssize_t i = 0; i + minimum <= n;) {
-        const char *hit = memmem(data + i, n - i, needle, minimum);
+        const char *hit = memchr(data + i, b, n - i);
         if (hit == NULL) break;
-        Py_ssize_t start = hit - data, end = start + minimum;
-        while (end < n && data[end] == (char)byte) end++;
+        Py_ssize_t start = hit - data, end = start + 1;
+        while (end < n && data[end] == b) end++;
+        i = end;
+        if (end - start < minimum) continue;
         PyObject *span = Py_BuildValue("(nn)", start, end);
         if (span == NULL || PyList_Append(found, span) < 0) {
             Py_XDECREF(span);
             Py_DECREF(found);
-            PyMem_Free(needle);
             return NULL;
         }
         Py_DECREF(span);
-        i = end;
     }
-    PyMem_Free(needle);
     return found;
+}
+
+#if defined(__GNUC__) && !defined(__clang__)
+/* GCC vectorizes loops such as the one below at -O2 only when their length is known. */
+#define VECTORIZED __attribute__((optimize("O3")))
+#else
+#define VECTORIZED
+#endif
+
+/* What `_SHAPE_TABLE`, `_JOINED_TABLE` (after the shape), `bytes.lower` and `_LOCAL_TABLE`
+ * make of each byte, as comparisons and masks that the compiler turns into vector
+ * instructions (16 bytes at a time) rather than four table lookups per byte. */
+VECTORIZED static void
+derive_views(const unsigned char *restrict in, Py_ssize_t n, unsigned char *restrict shape,
+             unsigned char *restrict joined, unsigned char *restrict lower,
+             unsigned char *restrict local) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        /* Masks: 0xFF where the byte is a digit, a capital... and 0 elsewhere. */
+        unsigned char c = in[i];
+        unsigned char digit = -(unsigned char)((unsigned char)(c - '0') < 10);
+        unsigned char upper = -(unsigned char)((unsigned char)(c - 'A') < 26);
+        unsigned char small = -(unsigned char)((unsigned char)(c - 'a') < 26);
+        unsigned char dot = -(unsigned char)(c == '.');
+        unsigned char gap = -(unsigned char)(c == ' ') | dot;
+        unsigned char mark = dot | -(unsigned char)(c == '_') | -(unsigned char)(c == '%') |
+                             -(unsigned char)(c == '+') | -(unsigned char)(c == '-');
+        unsigned char s = (digit & '0') | (upper & 'A') | (~(digit | upper) & c);
+        shape[i] = s;
+        joined[i] = (gap & '-') | (~gap & s);
+        lower[i] = c + (upper & 32);
+        unsigned char in_local = digit | upper | small | mark;
+        local[i] = (in_local & 'L') | (~in_local & ' ');
+    }
+}
+
+/* views(data): (shape, joined, lower, local) of the ASCII view, in one pass: what
+ * `data.translate(_SHAPE_TABLE)`, its `.translate(_JOINED_TABLE)`, `data.lower()` and
+ * `data.translate(_LOCAL_TABLE)` give (`_Views`). */
+static PyObject *views(PyObject *module, PyObject *data) {
+    if (!PyBytes_Check(data)) {
+        PyErr_SetString(PyExc_TypeError, "views(data: bytes)");
+        return NULL;
+    }
+    Py_ssize_t n = PyBytes_GET_SIZE(data);
+    const unsigned char *in = (const unsigned char *)PyBytes_AS_STRING(data);
+    PyObject *shape = PyBytes_FromStringAndSize(NULL, n);
+    PyObject *joined = PyBytes_FromStringAndSize(NULL, n);
+    PyObject *lower = PyBytes_FromStringAndSize(NULL, n);
+    PyObject *local = PyBytes_FromStringAndSize(NULL, n);
+    if (shape == NULL || joined == NULL || lower == NULL || local == NULL) {
+        Py_XDECREF(shape);
+        Py_XDECREF(joined);
+        Py_XDECREF(lower);
+        Py_XDECREF(local);
+        return NULL;
+    }
+    char *s = PyBytes_AS_STRING(shape), *j = PyBytes_AS_STRING(joined);
+    char *w = PyBytes_AS_STRING(lower), *l = PyBytes_AS_STRING(local);
+    derive_views(in, n, (unsigned char *)s, (unsigned char *)j, (unsigned char *)w,
+                 (unsigned char *)l);
+    return Py_BuildValue("(NNNN)", shape, joined, lower, local);
 }
 
 /* outside_long_runs(joined, positions): the positions (ascending, on digits of the joined
@@ -882,6 +966,8 @@ static PyMethodDef methods[] = {
      "resolve(lists): the detectors' findings merged, sorted by start, overlaps resolved."},
     {"splice", (PyCFunction)(void (*)(void))splice, METH_FASTCALL,
      "splice(text, findings, labels, partials, replace): the text with the findings replaced."},
+    {"views", views, METH_O,
+     "views(data): (shape, joined, lower, local) of the ASCII view of a text, in one pass."},
     {"runs", (PyCFunction)(void (*)(void))runs, METH_FASTCALL,
      "runs(data, byte, minimum): (start, end) of every maximal run of byte at least minimum long."},
     {NULL, NULL, 0, NULL},

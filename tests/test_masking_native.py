@@ -219,6 +219,7 @@ def test_shared_searches_find_what_their_specification_finds() -> None:
     for shape, joined in cases:
         for minimum in (1, 3, 9):
             assert native.runs(shape, 48, minimum) == spec.runs(shape, 48, minimum), shape
+        assert native.runs(joined, 45, 2) == spec.runs(joined, 45, 2), joined  # b"-"
         assert native.positions(joined, b"000-000") == spec.positions(joined, b"000-000")
         assert native.positions(joined, b"00") == spec.positions(joined, b"00"), joined
         pairs = native.positions(joined, b"000-000")
@@ -243,6 +244,44 @@ def test_shared_searches_find_what_their_specification_finds() -> None:
         native.runs(b"abc", 300, 1)
     with pytest.raises(ValueError):
         native.outside_long_runs(b"000", [7])
+
+
+def test_views_give_what_their_tables_give() -> None:
+    """The derived forms of a text made in one pass (vector instructions, with a scalar
+    tail) are the translations `_Views` makes without the extension, for every byte value
+    at every position and length."""
+    native = detectors._native
+    rng = random.Random(11)
+
+    def specified(data: bytes) -> tuple[bytes, bytes, bytes, bytes]:
+        shape = data.translate(detectors._SHAPE_TABLE)
+        joined = shape.translate(detectors._JOINED_TABLE)
+        return shape, joined, data.lower(), data.translate(detectors._LOCAL_TABLE)
+
+    cases = [bytes([value]) * length for value in range(256) for length in (1, 17, 40)]
+    cases += [bytes(range(256)), bytes(range(255, -1, -1)), b""]
+    cases += [rng.randbytes(rng.randrange(0, 200)) for _ in range(3000)]
+    cases += [
+        bytes(rng.choice(b"09AZaz .-_%+@?:/") for _ in range(rng.randrange(0, 100)))
+        for _ in range(3000)
+    ]
+    cases += [detectors._Views(text).ascii for text in _corpus()[::5]]
+    for data in cases:
+        assert native.views(data) == specified(data), data
+    with pytest.raises(TypeError):
+        native.views("text")
+
+
+def test_cards_found_on_a_given_shape_are_those_found_without_it() -> None:
+    native = detectors._native
+    checks = (detectors._card_context, detectors._after_grouped_account)
+    for text in _corpus()[::3]:
+        shape = detectors._Views(text).shape
+        assert native.card_findings(text, Finding, "CARD", "c", *checks, shape) == (
+            native.card_findings(text, Finding, "CARD", "c", *checks)
+        ), text
+    with pytest.raises(TypeError):  # the shape of another text
+        native.card_findings("4111 1111 1111 1111", Finding, "CARD", "c", *checks, b"0000")
 
 
 def _random_findings(rng: random.Random, length: int) -> list[list[Finding]]:
