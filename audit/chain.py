@@ -14,6 +14,7 @@ from django.db import connections, transaction
 from django.db.models.base import ModelState
 from django.db.models.signals import post_init, pre_init
 from django.utils.timezone import now
+from psycopg.types.json import Json
 
 from mcpgw.db import backend
 
@@ -91,9 +92,12 @@ def build(rows: list[dict[str, Any]], head_seq: int, head_hash: str) -> list[Aud
         )
         record = _instance(values) if plain_init else AuditRecord(*values.values())
         if data is not None and _ROW_IS_BODY:
-            record._row_json = (  # type: ignore[attr-defined]
-                f'{data[:-1].decode()},"prev_hash":"{record.prev_hash}","hash":"{record.hash}"}}'
-            )
+            # Bytes, as they are sent: a record whose text holds any character beyond Latin-1
+            # (a token's display ends in an ellipsis) would otherwise be a string of two or
+            # four bytes per character, decoded here and encoded again to be sent.
+            hashes = (record.prev_hash.encode("ascii"), record.hash.encode("ascii"))
+            row = b'%s,"prev_hash":"%s","hash":"%s"}' % (data[:-1], *hashes)
+            record._row_json = row  # type: ignore[attr-defined]
         records.append(record)
     return records
 
@@ -156,7 +160,7 @@ def insert_statement(records: list[AuditRecord]) -> tuple[str, list[Any]]:
         f"SELECT {columns} FROM {recordset} RETURNING 1) "
         f"UPDATE {head} SET seq = %s, hash = %s WHERE id = 1"
     )
-    return statement, [rows_json(records), records[-1].seq, records[-1].hash]
+    return statement, [_json_parameter(records), records[-1].seq, records[-1].hash]
 
 
 def append_at_statement(records: list[AuditRecord], head: tuple[int, str]) -> tuple[str, list[Any]]:
@@ -174,7 +178,7 @@ def append_at_statement(records: list[AuditRecord], head: tuple[int, str]) -> tu
         f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {recordset} "
         f"WHERE EXISTS (SELECT 1 FROM moved)"
     )
-    params = [records[-1].seq, records[-1].hash, head[0], head[1], rows_json(records)]
+    params = [records[-1].seq, records[-1].hash, head[0], head[1], _json_parameter(records)]
     return statement, params
 
 
@@ -204,23 +208,32 @@ def _values(records: list[AuditRecord]) -> tuple[str, str, list[Any]]:
     return _columns(), ", ".join([_ROW] * len(records)), params
 
 
-def rows_json(records: list[AuditRecord]) -> str:
+def rows_json(records: list[AuditRecord]) -> bytes:
     """Postgres: the records as one JSON array of objects, one member per column, for
-    `_recordset`. One parameter however many records there are: the statement's text
-    stays the same, so psycopg parses it once, and no value goes through a field's adapter
-    on its own."""
+    `_recordset`, in UTF-8. One parameter however many records there are: the statement's
+    text stays the same, so psycopg parses it once, and no value goes through a field's
+    adapter on its own."""
     rows = [getattr(record, "_row_json", None) or _encode_row(record) for record in records]
-    return f"[{','.join(rows)}]"
+    return b"[%s]" % b",".join(rows)
 
 
-def _encode_row(record: AuditRecord) -> str:
+def _as_is(data: bytes) -> bytes:
+    return data
+
+
+def _json_parameter(records: list[AuditRecord]) -> Json:
+    """`rows_json` as a json parameter, its bytes sent as they are."""
+    return Json(rows_json(records), dumps=_as_is)
+
+
+def _encode_row(record: AuditRecord) -> bytes:
     """One record's row for `rows_json`, for a record that does not carry one from `build`
     (whose row holds the same values, its keys sorted)."""
     row = {column: getattr(record, attname) for attname, column in _COLUMNS}
     row["created_at"] = row["created_at"].isoformat()
     if row["call_id"] is not None:
         row["call_id"] = str(row["call_id"])
-    return json.dumps(row, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return json.dumps(row, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
 _COLUMNS = [(f.attname, f.column) for f in AuditRecord._meta.concrete_fields]
