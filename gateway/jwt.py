@@ -10,6 +10,7 @@ Every HTTP call to the provider has the finite OIDC_TIMEOUT.
 
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -22,6 +23,8 @@ import jwt
 from django.conf import settings
 
 logger = logging.getLogger(__name__)
+# C0 controls and DEL, which no subject, e-mail address or run label holds.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 DISCOVERY_SUFFIX = "/.well-known/openid-configuration"
 # Clock skew tolerated on exp, nbf and iat.
@@ -320,13 +323,19 @@ def verify_access_token(token: str, audience: str) -> Claims | None:
     scope = payload.get("scope", payload.get("scp", ""))
     scopes = scope.split() if isinstance(scope, str) else [str(s) for s in scope or []]
     run = payload.get(settings.OIDC_RUN_CLAIM, "")
+    run = str(run) if isinstance(run, str | int) else ""
     email = payload.get("email", "")
+    email = email if isinstance(email, str) else ""
+    if any(_CONTROL.search(value) for value in (subject, run, email)):
+        # The user's name and every audit record hold these; the database refuses NUL.
+        logger.info("agent access token refused: a control character in sub, email or run")
+        return None
     return Claims(
         subject=subject,
         issuer=str(payload["iss"]),
-        run=str(run) if isinstance(run, str | int) else "",
+        run=run,
         groups=claim_groups(payload),
-        email=email if isinstance(email, str) else "",
+        email=email,
         scopes=tuple(scopes),
         audience=tuple(str(a) for a in audiences),
         matched_audience=next(a for a in audiences if a in accepted),

@@ -143,6 +143,17 @@ def test_run_claim_is_configurable_and_optional(local_provider: LocalProvider, s
     assert claims is not None and claims.run == ""
 
 
+@pytest.mark.parametrize("claim", ["sub", "email", "run"])
+@pytest.mark.parametrize("value", ["agent\x00x", "agent\nx", "agent\x7f"])
+def test_control_characters_in_identity_claims_are_refused(
+    local_provider: LocalProvider, claim: str, value: str
+):
+    """The subject, e-mail and run go into the user's name and every audit record; a NUL
+    there would fail the database write, so such a token is refused like an invalid one."""
+    assert verify_access_token(local_provider.token(**{claim: value}), RESOURCE) is None
+    assert verify_access_token(local_provider.token(**{claim: "agent x ü"}), RESOURCE)
+
+
 def test_token_for_the_gateway_base_resource_is_accepted(local_provider: LocalProvider):
     claims = verify_access_token(local_provider.token(aud=[BASE_RESOURCE + "/"]), RESOURCE)
     assert claims is not None and claims.matched_audience == BASE_RESOURCE + "/"
