@@ -592,7 +592,11 @@ class StdioUpstream(DetectsEra):
 
     async def shared_session(self, *, renew: LegacySession | None = None) -> LegacySession:
         async with self._shared_lock:
-            alive = self._shared is not None and self._shared.session_id in self.processes
+            # Its process may have exited without being forgotten yet (an event loop may see
+            # the exit before the end of its output): then it is renewed now, not on the
+            # request the caller sends it, which would find it gone.
+            process = self.processes.get(self._shared.session_id) if self._shared else None
+            alive = process is not None and process.alive
             if not alive or self._shared is renew:
                 self._shared = await self.initialize(protocol.gateway_initialize_params())
                 self.processes[self._shared.session_id].shared = True

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 from mcp.shared.exceptions import MCPError
 
+from gateway.stdio import StdioUpstream
 from tests.conftest import FIXTURES, issue_token, start_gateway, stop
 from tests.support.clients import mcp_client
 
@@ -127,6 +129,37 @@ async def test_crash_gives_a_clear_error_and_the_next_call_a_fresh_process(alice
         tools = await client.list_tools()
         assert [t.name for t in tools.tools] == ["work"]
     assert wait_until(lambda: processes_running(f"{script} crash") == 0)
+
+
+async def test_a_shared_session_whose_process_died_is_renewed_before_it_is_used():
+    """The gateway's own session on a legacy server (which carries 2026-07-28 agents' calls)
+    is not handed out once its process has exited, even before anything else noticed: the
+    call would find it gone, renew it, and could find the renewed one gone too."""
+    upstream = StdioUpstream(
+        slug="faulty",
+        command=sys.executable,
+        args=[str(FIXTURES / "stdio_faulty.py"), "garbage"],
+        cwd="",
+        env={},
+        max_processes=4,
+    )
+    try:
+        first = await upstream.shared_session()
+        process = upstream.processes[first.session_id].process
+        assert process is not None
+        os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
+        second = await upstream.shared_session()
+        assert second.session_id != first.session_id
+        reply = await upstream.post(
+            {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "work"}},
+            session_id=second.session_id,
+        )
+        answer = await reply.first_response()
+        assert answer.payload["result"]["content"] == [{"type": "text", "text": "worked"}]
+        assert first.session_id not in upstream.processes
+    finally:
+        await upstream.aclose()
 
 
 async def test_garbage_on_stdout_is_skipped(alice, patient_gateway):
