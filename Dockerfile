@@ -25,4 +25,4 @@ COPY . .
 USER gateway
 EXPOSE 8000
 # One ASGI process per container; scale with more containers behind a load balancer.
-CMD ["daphne", "-e", "tcp:port=8000:interface=0.0.0.0:backlog=2048", "--proxy-headers", "mcpgw.asgi:application"]
+CMD ["python", "-m", "mcpgw.serve", "-e", "tcp:port=8000:interface=0.0.0.0:backlog=2048", "--proxy-headers", "mcpgw.asgi:application"]

@@ -253,6 +253,9 @@ def _reset(*_: Any) -> None:
 
 
 def main() -> None:
+    from mcpgw.serve import use_event_loop
+
+    use_event_loop()  # as `python -m mcpgw.serve` serves the gateway
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mcpgw.settings")
     install()
     install_gc()

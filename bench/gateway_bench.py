@@ -4,7 +4,8 @@
         uv run python -m bench.gateway_bench [--short]
 
 It starts its own fast upstream (`bench.upstream_fast`) and its own gateway processes
-(daphne, one process, as `make run` serves it), set up as an operator would (`manage.py
+(daphne on uvloop, one process, as `make run` serves it; GATEWAY_EVENT_LOOP=asyncio for
+asyncio's own loop), set up as an operator would (`manage.py
 migrate`, `add_connection`, `ensure_admin`, `issue_token`), in two configurations:
 
 - embedded: the embedded default (SQLite, no Redis), the default masking rules, a 200-byte
@@ -63,6 +64,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from mcpgw.serve import event_loop_setting
 
 from . import loadgen
 from .loadgen import LoadResult
@@ -491,14 +494,16 @@ class Site:
         env = self.env()
         counts_file = None
         if self.options.server == "granian":
-            # Granian's Rust HTTP server with its asyncio loop (uvloop is not installed).
+            # Granian's Rust HTTP server, on the event loop daphne would serve on.
             command = [sys.executable, "-m", "granian", "--interface", "asgi", "--host", HOST]
             command += ["--port", str(port), "--workers", str(self.options.workers)]
-            command += ["--backlog", "2048", "--loop", "asyncio", "mcpgw.asgi:application"]
+            command += ["--backlog", "2048", "--loop", event_loop_setting()]
+            command += ["mcpgw.asgi:application"]
         elif self.options.server == "uvicorn":
             # Served as uvicorn serves any ASGI app (h11 here: httptools is not installed).
             command = [sys.executable, "-m", "uvicorn", "--host", HOST, "--port", str(port)]
             command += ["--lifespan", "off", "--workers", str(self.options.workers)]
+            command += ["--loop", event_loop_setting()]
             command += ["mcpgw.asgi:application"]
         else:
             if self.options.count_calls:
@@ -508,7 +513,7 @@ class Site:
                     env["BENCH_GC_FREEZE"] = "0"
                 command = [sys.executable, "-m", "bench.counting_gateway"]
             else:
-                command = [sys.executable, "-m", "daphne"]
+                command = [sys.executable, "-m", "mcpgw.serve"]
             # The listen queue that `make run` and the Dockerfile give daphne (Twisted's
             # default of 50 drops connections opened in a burst).
             command += ["-e", f"tcp:port={port}:interface={HOST}:backlog=2048"]
@@ -1112,14 +1117,23 @@ def server_description(options: argparse.Namespace) -> str:
     from importlib.metadata import version
 
     threads = os.environ.get("ASGI_THREADS") or f"default {min(32, (os.cpu_count() or 1) + 4)}"
+    loop = event_loop_setting()
+    if loop == "uvloop":
+        loop = f"uvloop {version('uvloop')}"
     if options.server == "granian":
-        return f"gateway on granian {version('granian')} ({options.workers} worker process(es))"
+        return (
+            f"gateway on granian {version('granian')} ({options.workers} worker process(es), "
+            f"{loop} event loop)"
+        )
     if options.server == "uvicorn":
         return (
             f"gateway on uvicorn {version('uvicorn')} (h11, {options.workers} worker process(es), "
             f"executor threads {threads})"
         )
-    return f"gateway on daphne {version('daphne')} (1 process, ASGI_THREADS {threads})"
+    return (
+        f"gateway on daphne {version('daphne')} (1 process, `python -m mcpgw.serve`, {loop} "
+        f"event loop, ASGI_THREADS {threads})"
+    )
 
 
 def _client_counts(text: str) -> tuple[int, ...]:
@@ -1245,6 +1259,10 @@ def main(argv: list[str] | None = None) -> None:
         if options.memory not in ("", "none"):
             sys.exit("--instructions leaves out the memory test (--memory none)")
         options.memory = "none"
+    try:
+        event_loop_setting()
+    except ValueError as exc:
+        sys.exit(str(exc))
     if options.workers != 1 and options.server == "daphne":
         sys.exit("daphne runs one process: --workers is for --server uvicorn or granian")
     for directory in (options.profile, options.count_calls, options.instructions):

@@ -1,8 +1,9 @@
 """ASGI entry point: /mcp/ goes to the gateway's data path, everything else to Django.
 
 Run in production with:
-    daphne -e tcp:port=8000:interface=0.0.0.0:backlog=2048 mcpgw.asgi:application
-(a listen queue of 2048, not Twisted's 50: see the README's "Production").
+    python -m mcpgw.serve -e tcp:port=8000:interface=0.0.0.0:backlog=2048 mcpgw.asgi:application
+(daphne on uvloop's event loop, `mcpgw/serve.py`; a listen queue of 2048, not Twisted's
+50: see the README's "Production").
 """
 
 import asyncio
@@ -35,6 +36,7 @@ current_app.loader.import_default_modules()
 periodic.start()
 serving.use_lean_factory()
 serving.end_upstreams_at_shutdown()
+serving.log_event_loop()
 
 # What is loaded by now (Django, the apps, the libraries) lives as long as the process.
 # Frozen, it is left out of the collector's full collections, which otherwise walk all of

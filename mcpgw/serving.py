@@ -31,6 +31,7 @@ the load balancer may go on serving them.
 import asyncio
 import logging
 import sys
+from importlib.metadata import PackageNotFoundError, version
 
 from daphne import http_protocol
 
@@ -89,6 +90,23 @@ def use_lean_factory() -> None:
 
     if not issubclass(server.HTTPFactory, HTTPFactory):
         server.HTTPFactory = HTTPFactory
+
+
+def event_loop_name(loop: asyncio.AbstractEventLoop) -> str:
+    if type(loop).__module__.partition(".")[0] == "uvloop":
+        try:
+            return f"uvloop {version('uvloop')}"
+        except PackageNotFoundError:
+            return "uvloop"
+    return "asyncio"
+
+
+def log_event_loop() -> None:
+    """Say which event loop serves, under daphne (whose loop exists by now; see
+    `mcpgw.serve`)."""
+    loop = getattr(sys.modules.get("daphne.server"), "twisted_loop", None)
+    if loop is not None:
+        log.info("serving on the %s event loop", event_loop_name(loop))
 
 
 def end_upstreams_at_shutdown() -> None:

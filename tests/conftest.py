@@ -1,4 +1,5 @@
-"""Shared fixtures: real upstream MCP servers and a real gateway process (daphne).
+"""Shared fixtures: real upstream MCP servers and a real gateway process (daphne on uvloop,
+started as `make run` starts it: `python -m mcpgw.serve`).
 
 The gateway runs as its own process against the test database, so tests that talk to it
 use `transactional_db`: what they write is committed and visible to the gateway.
@@ -178,7 +179,7 @@ def start_gateway(tmp_path: Path, **env_overrides: str) -> Server:
         [
             sys.executable,
             "-m",
-            "daphne",
+            "mcpgw.serve",
             "-e",
             f"tcp:port={port}:interface=127.0.0.1:backlog={LISTEN_BACKLOG}",
             "mcpgw.asgi:application",

@@ -81,18 +81,19 @@ def database_connections() -> int:
 
 
 def test_every_way_of_serving_the_gateway_sets_the_listen_queue() -> None:
-    make_run = re.search(r"run daphne (.+)", (ROOT / "Makefile").read_text())
+    make_run = re.search(r"run python -m mcpgw.serve (.+)", (ROOT / "Makefile").read_text())
     assert make_run is not None
     dockerfile_cmd = re.search(r"^CMD (\[.+\])$", (ROOT / "Dockerfile").read_text(), re.M)
     assert dockerfile_cmd is not None
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     commands = {
-        "make run": ["daphne", *shlex.split(make_run.group(1))],
+        "make run": ["python", "-m", "mcpgw.serve", *shlex.split(make_run.group(1))],
         "Dockerfile": json.loads(dockerfile_cmd.group(1)),
         "docker-compose.yml": compose["services"]["web"]["command"],
     }
     for where, command in commands.items():
-        assert command[0] == "daphne", where
+        # daphne on uvloop's event loop (mcpgw/serve.py), as the tests serve it.
+        assert command[:3] == ["python", "-m", "mcpgw.serve"], where
         assert "-b" not in command and "-p" not in command, where
         endpoint = command[command.index("-e") + 1]
         assert endpoint.startswith("tcp:port="), where

@@ -1,10 +1,15 @@
 """What the gateway changes in daphne (`mcpgw/serving.py`): requests driven through daphne's
 own HTTP protocol with an in-memory transport, and a real gateway process stopped as an
-operator stops it."""
+operator stops it; the event loop it serves on (`mcpgw/serve.py`)."""
 
 import asyncio
 import gc
+import os
+import subprocess
+import sys
 from email.headerregistry import ContentTypeHeader
+from importlib.metadata import version
+from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
@@ -15,7 +20,7 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 
 from mcpgw import serving
-from tests.conftest import Server, add_connection, issue_token, start_gateway, stop
+from tests.conftest import ROOT, Server, add_connection, issue_token, start_gateway, stop
 from tests.test_admission_cache import modern_call, modern_headers
 
 
@@ -166,3 +171,54 @@ def test_a_stopped_gateway_ends_the_upstream_session_it_kept_for_stateless_agent
     session = call["headers"]["mcp-session-id"]
     deletes = [r for r in legacy_upstream.seen() if r["method"] == "DELETE"]
     assert [r["headers"].get("mcp-session-id") for r in deletes] == [session]
+
+
+def _log(directory: Path, server: Server) -> str:
+    return (directory / f"gateway-{server.port}.log").read_text()
+
+
+def test_the_gateway_process_serves_on_uvloop(gateway: Server, gateway_data_dir: Path) -> None:
+    # The session's gateway, which every end-to-end test uses, started as `make run` starts it.
+    assert f"serving on the uvloop {version('uvloop')} event loop" in _log(
+        gateway_data_dir, gateway
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_gateway_event_loop_asyncio_serves_on_asyncios_own_loop(
+    alice, tmp_path, legacy_upstream: Server
+) -> None:
+    add_connection("old", legacy_upstream.url)
+    token = issue_token("alice")
+    gateway = start_gateway(tmp_path, GATEWAY_EVENT_LOOP="asyncio")
+    try:
+        answer = httpx.post(
+            f"{gateway.url}/mcp/old",
+            headers=modern_headers(token, "add"),
+            json=modern_call("add", {"a": 2, "b": 3}),
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
+        assert '"content":[{"text":"5","type":"text"}]' in answer.text
+    finally:
+        stop(gateway.process)
+    assert gateway.process.returncode == 0
+    log = _log(tmp_path, gateway)
+    assert "serving on the asyncio event loop" in log
+    assert "uvloop" not in log
+
+
+@pytest.mark.parametrize("value", ["epoll", "tokio"])
+def test_an_unknown_gateway_event_loop_is_refused_before_serving(value: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "mcpgw.serve", "-e", "tcp:port=0", "mcpgw.asgi:application"],
+        cwd=ROOT,
+        env={**os.environ, "GATEWAY_EVENT_LOOP": value},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        f"mcpgw.serve: GATEWAY_EVENT_LOOP must be one of uvloop, asyncio, not '{value}'"
+    )
