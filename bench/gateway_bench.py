@@ -48,6 +48,7 @@ code on a shared virtual machine whose speed drifts by a quarter within an hour.
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import json
 import math
 import os
@@ -500,7 +501,7 @@ class Site:
             command += ["--backlog", "2048", "--loop", event_loop_setting()]
             command += ["mcpgw.asgi:application"]
         elif self.options.server == "uvicorn":
-            # Served as uvicorn serves any ASGI app (h11 here: httptools is not installed).
+            # Served as uvicorn serves any ASGI app (h11, unless httptools is installed).
             command = [sys.executable, "-m", "uvicorn", "--host", HOST, "--port", str(port)]
             command += ["--lifespan", "off", "--workers", str(self.options.workers)]
             command += ["--loop", event_loop_setting()]
@@ -1126,9 +1127,11 @@ def server_description(options: argparse.Namespace) -> str:
             f"{loop} event loop)"
         )
     if options.server == "uvicorn":
+        # uvicorn parses HTTP with httptools where it is installed (it is not a dependency).
+        http = "httptools" if importlib.util.find_spec("httptools") else "h11"
         return (
-            f"gateway on uvicorn {version('uvicorn')} (h11, {options.workers} worker process(es), "
-            f"executor threads {threads})"
+            f"gateway on uvicorn {version('uvicorn')} ({http}, {options.workers} worker "
+            f"process(es), {loop} event loop, executor threads {threads})"
         )
     return (
         f"gateway on daphne {version('daphne')} (1 process, `python -m mcpgw.serve`, {loop} "
@@ -1249,8 +1252,12 @@ def main(argv: list[str] | None = None) -> None:
     if options.instructions:
         if not (shutil.which("valgrind") and shutil.which("callgrind_control")):
             sys.exit("--instructions needs valgrind (apt-get install valgrind)")
-        if options.server != "daphne" or options.count_calls or options.profile:
-            sys.exit("--instructions runs the gateway under daphne, without other probes")
+        if options.count_calls or options.profile:
+            sys.exit("--instructions runs the gateway without other probes")
+        if options.server == "granian" or options.workers != 1:
+            # Granian serves from worker processes, uvicorn too with --workers above 1:
+            # callgrind would count their parent, which serves nothing.
+            sys.exit("--instructions counts one serving process: daphne, or uvicorn (1 worker)")
         if mode.concurrency != (1,):
             sys.exit(
                 "--instructions counts at one client only (--concurrency 1): under callgrind "

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from bench.audit_bench import admin_url
 
@@ -108,3 +109,32 @@ def test_gateway_bench_refuses_to_count_instructions_at_more_clients(tmp_path):
     done = _bench("--concurrency", "1,8", "--instructions", str(tmp_path), timeout=60)
     assert done.returncode != 0
     assert "one client only" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [("--server", "granian"), ("--server", "uvicorn", "--workers", "2")],
+)
+def test_gateway_bench_counts_instructions_of_one_serving_process_only(tmp_path, arguments):
+    # Their serving processes are children: callgrind would count a parent that serves none.
+    done = _bench(
+        "--concurrency",
+        "1",
+        "--memory",
+        "none",
+        "--instructions",
+        str(tmp_path),
+        *arguments,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "counts one serving process" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_gateway_bench_refuses_an_unknown_event_loop(monkeypatch):
+    monkeypatch.setenv("GATEWAY_EVENT_LOOP", "tokio")
+    done = _bench("--short", timeout=60)
+    assert done.returncode != 0
+    assert "GATEWAY_EVENT_LOOP must be one of uvloop, asyncio, not 'tokio'" in done.stderr
+    assert "Traceback" not in done.stderr
