@@ -660,7 +660,10 @@ class LegacySseUpstream(DetectsEra):
         """The session used for stateless agents, opened once per process."""
         async with self._shared_lock:
             shared = self._shared
-            alive = shared is not None and shared.session_id in self.streams
+            # Listed, and not ending (a stream closing after a 404 is still listed until its
+            # reader has stopped).
+            stream = self.streams.get(shared.session_id) if shared is not None else None
+            alive = stream is not None and stream.alive
             if shared is None or not alive or shared is renew:
                 if shared is not None:
                     await self.end_session(shared)

@@ -14,10 +14,12 @@ reaches a command line. Processes:
   unique in the process, so calls of different agents sharing it cannot collide;
 - started on demand, ended with the agent's session (DELETE), after
   GATEWAY_STDIO_IDLE_SECONDS without a call, or at shutdown: stdin closed first, then
-  SIGTERM, then SIGKILL;
+  SIGTERM, then SIGKILL; what the server leaves in its process group (children of a
+  wrapper, helpers) is ended once it has exited;
 - at most `max_processes` per connection and gateway process;
-- a crash fails the calls in flight with a clear error, and the session's next call
-  starts a fresh process (re-initialized with the agent's original parameters);
+- a crash fails the calls in flight with a clear error, at once even if a child of the
+  server holds its stdout open, and the session's next call starts a fresh process
+  (re-initialized with the agent's original parameters);
 - stderr goes to the gateway's log under the connection's name.
 A session's process lives in the gateway process that started it: with several gateway
 processes, route a session's requests to one of them (see README) or each process
@@ -84,6 +86,81 @@ if threading.current_thread() is threading.main_thread():
             signal.signal(_sig, lambda signum, frame: sys.exit(128 + signum))
 # Environment a registered command starts with, besides its own configured variables.
 BASE_ENV = ("PATH", "LANG", "LC_ALL", "HOME", "TMPDIR", "VIRTUAL_ENV", "PYTHONPATH")
+# How long each step of ending a server's process group may take (SIGTERM, then SIGKILL).
+END_STEP_SECONDS = 2.0
+# How long the end of a server's output may lag behind its exit before the calls waiting
+# on it are failed anyway (a child of the server may hold its stdout open).
+EXIT_GRACE_SECONDS = 0.5
+
+
+def _wait_for_exit(
+    pid: int, loop: asyncio.AbstractEventLoop, exited: "asyncio.Future[int | None]"
+) -> None:
+    """In a thread: wait for the process to exit, leaving it to be reaped by the event loop
+    (WNOWAIT), and tell the loop its exit code (None if the loop reaped it first)."""
+    code: int | None
+    try:
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+    except ChildProcessError:
+        code = None
+    else:
+        code = info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+
+    def settle() -> None:
+        if not exited.done():
+            exited.set_result(code)
+
+    with contextlib.suppress(RuntimeError):  # the loop has closed
+        loop.call_soon_threadsafe(settle)
+
+
+def _group_exists(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _group_runs(pgid: int) -> bool:
+    """Whether a process of the group still runs. Zombies, which no signal ends, do not
+    count: where the gateway is a container's first process, orphans it never waited for
+    stay zombies, and ending a group must not wait for them."""
+    if not _group_exists(pgid):
+        return False
+    try:
+        entries = list(os.scandir("/proc"))
+    except OSError:
+        return True
+    for entry in entries:
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"{entry.path}/stat", "rb") as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        # After the command's name (in parentheses): state, parent, process group.
+        fields = stat[stat.rindex(b")") + 2 :].split(maxsplit=3)
+        if int(fields[2]) == pgid and fields[0] != b"Z":
+            return True
+    return False
+
+
+async def _end_group(pgid: int) -> None:
+    """End what is left of a server's process group once the server itself exited: its
+    children (a wrapper such as `npx` or `sh -c` leaves the real server behind, which may
+    not stop with it), SIGTERM first, then SIGKILL."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if not _group_runs(pgid):
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
+        deadline = time.monotonic() + END_STEP_SECONDS
+        while _group_runs(pgid) and time.monotonic() < deadline:  # noqa: ASYNC110 - no event to wait on
+            await asyncio.sleep(0.05)
 
 
 class StdioProcess:
@@ -136,6 +213,7 @@ class StdioProcess:
             asyncio.ensure_future(self._read_stdout()),
             asyncio.ensure_future(self._read_stderr()),
         ]
+        self._tasks.append(asyncio.ensure_future(self._watch_exit(self._tasks[0])))
 
     async def _read_stdout(self) -> None:
         assert self.process is not None and self.process.stdout is not None
@@ -161,15 +239,45 @@ class StdioProcess:
                 self._route(message)
         finally:
             code = await self.process.wait()
+            self._ended(code)
+            # What it left running in its group (children of a wrapper) ends with it.
+            await _end_group(self.process.pid)
             # As after close(): once the group is empty its id may belong to an unrelated
             # process, so the exit handler must not signal it.
             _running_groups.discard(self.process.pid)
-            self.exit_reason = f"the server process exited (code {code})"
-            for queue in [*self.pending.values(), *self.listeners]:
-                queue.put_nowait(None)
-            if not self.closing:
-                # A server that died may come back as another program (or version).
-                self.upstream.forget_era()
+
+    def _ended(self, code: int) -> None:
+        """The server exited: the calls waiting on it fail with its exit code."""
+        if self.exit_reason:
+            return
+        self.exit_reason = f"the server process exited (code {code})"
+        for queue in [*self.pending.values(), *self.listeners]:
+            queue.put_nowait(None)
+        if not self.closing:
+            # A server that died may come back as another program (or version).
+            self.upstream.forget_era()
+
+    async def _watch_exit(self, reader: "asyncio.Task[None]") -> None:
+        """A child of the server may keep its stdout open after the server exited (it
+        inherited it, or, on uvloop, which does not close other descriptors for a new
+        process, copies of it): the calls then fail shortly after the exit, not at their
+        timeout, and what is left of the server's process group is ended."""
+        assert self.process is not None
+        loop = asyncio.get_running_loop()
+        exited: asyncio.Future[int | None] = loop.create_future()
+        # asyncio's `Process.wait` returns only once the pipes have closed too: a thread
+        # learns of the exit itself (without reaping the process, which stays the loop's).
+        threading.Thread(
+            target=_wait_for_exit, args=(self.process.pid, loop, exited), daemon=True
+        ).start()
+        code = await exited
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(reader), EXIT_GRACE_SECONDS)
+            return
+        if code is None:
+            code = self.process.returncode
+        self._ended(-1 if code is None else code)
+        await _end_group(self.process.pid)
 
     async def _read_stderr(self) -> None:
         assert self.process is not None and self.process.stderr is not None
@@ -217,11 +325,19 @@ class StdioProcess:
                 self.process.stdin.write(jsonrpc.dumps(payload) + b"\n")
                 await self.process.stdin.drain()
             except (BrokenPipeError, ConnectionResetError):
-                reason = self.exit_reason or "the server process is gone"
+                reason = await self._why_gone()
                 raise UpstreamFailure(
                     jsonrpc.UPSTREAM_UNAVAILABLE, f"upstream {self.upstream.slug}: {reason}"
                 ) from None
         self.last_used = time.monotonic()
+
+    async def _why_gone(self) -> str:
+        """Why writing to the server failed: its exit, which the pipe's end can precede."""
+        if not self.exit_reason and self.process is not None:
+            with contextlib.suppress(TimeoutError):
+                code = await asyncio.wait_for(self.process.wait(), END_STEP_SECONDS)
+                return f"the server process exited (code {code})"
+        return self.exit_reason or "the server process is gone"
 
     def next_id(self) -> str:
         self._ids += 1
@@ -242,10 +358,11 @@ class StdioProcess:
                     with contextlib.suppress(ProcessLookupError):
                         os.killpg(process.pid, sig)
                 try:
-                    await asyncio.wait_for(process.wait(), timeout=2.0)
+                    await asyncio.wait_for(process.wait(), timeout=END_STEP_SECONDS)
                     break
                 except TimeoutError:
                     continue
+        await _end_group(process.pid)
         _running_groups.discard(process.pid)
         for task in self._tasks:
             task.cancel()
@@ -592,9 +709,9 @@ class StdioUpstream(DetectsEra):
 
     async def shared_session(self, *, renew: LegacySession | None = None) -> LegacySession:
         async with self._shared_lock:
-            # Its process may have exited without being forgotten yet (an event loop may see
-            # the exit before the end of its output): then it is renewed now, not on the
-            # request the caller sends it, which would find it gone.
+            # Its process may have exited and still be listed (a process is forgotten only
+            # when a request, the sweep or a new process finds it gone): then it is renewed
+            # now, not by the request the caller sends it, which would find it gone.
             process = self.processes.get(self._shared.session_id) if self._shared else None
             alive = process is not None and process.alive
             if not alive or self._shared is renew:

@@ -12,6 +12,7 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from gateway.stdio import StdioUpstream
+from gateway.upstream import UpstreamFailure
 from tests.conftest import FIXTURES, issue_token, start_gateway, stop
 from tests.support.clients import mcp_client
 
@@ -158,6 +159,71 @@ async def test_a_shared_session_whose_process_died_is_renewed_before_it_is_used(
         answer = await reply.first_response()
         assert answer.payload["result"]["content"] == [{"type": "text", "text": "worked"}]
         assert first.session_id not in upstream.processes
+    finally:
+        await upstream.aclose()
+
+
+def group_members(pgid: int) -> list[int]:
+    """Processes (zombies aside) in the process group `pgid`."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+def wrapped(mode: str, child: str) -> StdioUpstream:
+    """The faulty server behind `sh -c`, with a child of the wrapper running beside it."""
+    server = f"{sys.executable} {FIXTURES / 'stdio_faulty.py'} {mode}"
+    return StdioUpstream(
+        slug=f"wrapped-{mode}",
+        command="/bin/sh",
+        args=["-c", f"{child} & exec {server}"],
+        cwd="",
+        env={},
+        max_processes=2,
+    )
+
+
+async def test_ending_a_server_ends_what_it_left_in_its_process_group():
+    # The wrapper's child ignores SIGTERM and outlives the server, which ends when its
+    # stdin closes: it is killed too.
+    upstream = wrapped("garbage", "(trap '' TERM; exec sleep 60)")
+    try:
+        session = await upstream.shared_session()
+        process = upstream.processes[session.session_id].process
+        assert process is not None
+        assert len(group_members(process.pid)) == 2
+    finally:
+        await upstream.aclose()
+    assert group_members(process.pid) == []
+
+
+async def test_a_crash_fails_the_call_at_once_though_a_child_holds_the_servers_output():
+    # The child inherited the server's stdout and keeps it open: the call fails with the
+    # server's exit, not at its timeout, and the child is ended.
+    upstream = wrapped("crash", "sleep 60")
+    try:
+        session = await upstream.shared_session()
+        process = upstream.processes[session.session_id].process
+        assert process is not None
+        reply = await upstream.post(
+            {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "work"}},
+            session_id=session.session_id,
+        )
+        reply.timeout = 60
+        began = time.monotonic()
+        with pytest.raises(UpstreamFailure, match=r"the server process exited \(code 3\)"):
+            await reply.first_response()
+        assert time.monotonic() - began < 15
+        assert wait_until(lambda: group_members(process.pid) == [])
     finally:
         await upstream.aclose()
 
