@@ -144,6 +144,18 @@ async def test_a_request_is_let_go_of_when_its_application_ends_not_a_second_lat
     assert isinstance(server.connections[failed]["application_instance"].exception(), RuntimeError)
 
 
+def call_add(gateway: Server, token: str) -> None:
+    """A 2026-07-28 call of the legacy upstream's `add`, answered through the gateway."""
+    answer = httpx.post(
+        f"{gateway.url}/mcp/old",
+        headers=modern_headers(token, "add"),
+        json=modern_call("add", {"a": 2, "b": 3}),
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    assert '"content":[{"text":"5","type":"text"}]' in answer.text  # an SSE event
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_stopped_gateway_ends_the_upstream_session_it_kept_for_stateless_agents(
     alice, tmp_path, legacy_upstream: Server
@@ -154,14 +166,7 @@ def test_a_stopped_gateway_ends_the_upstream_session_it_kept_for_stateless_agent
     token = issue_token("alice")
     gateway = start_gateway(tmp_path)
     try:
-        answer = httpx.post(
-            f"{gateway.url}/mcp/old",
-            headers=modern_headers(token, "add"),
-            json=modern_call("add", {"a": 2, "b": 3}),
-            timeout=30,
-        )
-        assert answer.status_code == 200, answer.text
-        assert '"content":[{"text":"5","type":"text"}]' in answer.text  # an SSE event
+        call_add(gateway, token)
         before_stop = legacy_upstream.seen()
         assert not [r for r in before_stop if r["method"] == "DELETE"]
     finally:
@@ -192,14 +197,7 @@ def test_gateway_event_loop_asyncio_serves_on_asyncios_own_loop(
     token = issue_token("alice")
     gateway = start_gateway(tmp_path, GATEWAY_EVENT_LOOP="asyncio")
     try:
-        answer = httpx.post(
-            f"{gateway.url}/mcp/old",
-            headers=modern_headers(token, "add"),
-            json=modern_call("add", {"a": 2, "b": 3}),
-            timeout=30,
-        )
-        assert answer.status_code == 200, answer.text
-        assert '"content":[{"text":"5","type":"text"}]' in answer.text
+        call_add(gateway, token)
     finally:
         stop(gateway.process)
     assert gateway.process.returncode == 0

@@ -1,5 +1,6 @@
 """stdio upstreams: registered local commands, real PyPI MCP servers, and faulty ones."""
 
+import asyncio
 import json
 import os
 import signal
@@ -12,7 +13,7 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from gateway.stdio import StdioUpstream
-from gateway.upstream import UpstreamFailure
+from gateway.upstream import LegacySession, UpstreamFailure
 from tests.conftest import FIXTURES, issue_token, start_gateway, stop
 from tests.support.clients import mcp_client
 
@@ -192,14 +193,21 @@ def wrapped(mode: str, child: str) -> StdioUpstream:
     )
 
 
+async def shared_process(
+    upstream: StdioUpstream,
+) -> tuple[LegacySession, asyncio.subprocess.Process]:
+    session = await upstream.shared_session()
+    process = upstream.processes[session.session_id].process
+    assert process is not None
+    return session, process
+
+
 async def test_ending_a_server_ends_what_it_left_in_its_process_group():
     # The wrapper's child ignores SIGTERM and outlives the server, which ends when its
     # stdin closes: it is killed too.
     upstream = wrapped("garbage", "(trap '' TERM; exec sleep 60)")
     try:
-        session = await upstream.shared_session()
-        process = upstream.processes[session.session_id].process
-        assert process is not None
+        _session, process = await shared_process(upstream)
         assert len(group_members(process.pid)) == 2
     finally:
         await upstream.aclose()
@@ -211,9 +219,7 @@ async def test_a_crash_fails_the_call_at_once_though_a_child_holds_the_servers_o
     # server's exit, not at its timeout, and the child is ended.
     upstream = wrapped("crash", "sleep 60")
     try:
-        session = await upstream.shared_session()
-        process = upstream.processes[session.session_id].process
-        assert process is not None
+        session, process = await shared_process(upstream)
         reply = await upstream.post(
             {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "work"}},
             session_id=session.session_id,
