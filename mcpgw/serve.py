@@ -28,8 +28,8 @@ def event_loop_setting() -> str:
     return name
 
 
-def use_event_loop() -> str:
-    """Make the event loops made from now on the configured kind; returns its name.
+def use_event_loop() -> None:
+    """Make the event loops made from now on the configured kind.
 
     Must run before daphne's server module is imported."""
     if "daphne.server" in sys.modules:
@@ -39,7 +39,6 @@ def use_event_loop() -> str:
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    return name
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ the load balancer may go on serving them.
 import asyncio
 import logging
 import sys
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import version
 
 from daphne import http_protocol
 
@@ -94,10 +94,7 @@ def use_lean_factory() -> None:
 
 def event_loop_name(loop: asyncio.AbstractEventLoop) -> str:
     if type(loop).__module__.partition(".")[0] == "uvloop":
-        try:
-            return f"uvloop {version('uvloop')}"
-        except PackageNotFoundError:
-            return "uvloop"
+        return f"uvloop {version('uvloop')}"
     return "asyncio"
 
 
