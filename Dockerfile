@@ -25,4 +25,6 @@ COPY . .
 USER gateway
 EXPOSE 8000
 # One ASGI process per container; scale with more containers behind a load balancer.
-CMD ["python", "-m", "mcpgw.serve", "-e", "tcp:port=8000:interface=0.0.0.0:backlog=2048", "--proxy-headers", "mcpgw.asgi:application"]
+# X-Forwarded-For is believed from the addresses in FORWARDED_ALLOW_IPS (default: none
+# but 127.0.0.1).
+CMD ["python", "-m", "mcpgw.serve", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers"]

@@ -19,7 +19,7 @@ run: install
 	@$(UV) run python manage.py ensure_admin
 	@$(UV) run python manage.py audit_reconcile
 	@echo "Console and gateway on http://127.0.0.1:$(PORT)/ (agents: http://127.0.0.1:$(PORT)/mcp/<slug>)"
-	@$(UV) run python -m mcpgw.serve -e tcp:port=$(PORT):interface=127.0.0.1:backlog=2048 mcpgw.asgi:application
+	@$(UV) run python -m mcpgw.serve --host 127.0.0.1 --port $(PORT)
 
 services:
 	@bash tests/support/ensure_services.sh

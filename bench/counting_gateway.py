@@ -1,8 +1,10 @@
-"""daphne with counters on the data path's costly steps, for `gateway_bench --count-calls`.
+"""The gateway's server with counters on the data path's costly steps, for `gateway_bench
+--count-calls`.
 
-    python -m bench.counting_gateway -b 127.0.0.1 -p P mcpgw.asgi:application
+    python -m bench.counting_gateway --host 127.0.0.1 --port P
 
-It changes nothing in the gateway: before daphne loads the application it wraps, from
+Takes the arguments of `python -m mcpgw.serve`, and serves as it does. It changes nothing
+in the gateway: before uvicorn loads the application it wraps, from
 outside, the few library entry points every call goes through, and counts calls and
 time per call site:
 
@@ -253,9 +255,6 @@ def _reset(*_: Any) -> None:
 
 
 def main() -> None:
-    from mcpgw.serve import use_event_loop
-
-    use_event_loop()  # as `python -m mcpgw.serve` serves the gateway
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mcpgw.settings")
     install()
     install_gc()
@@ -265,10 +264,9 @@ def main() -> None:
     install_django()
     signal.signal(signal.SIGUSR1, _dump)
     signal.signal(signal.SIGUSR2, _reset)
-    from daphne.cli import CommandLineInterface
+    from mcpgw import serve
 
-    sys.argv = ["daphne", *sys.argv[1:]]
-    CommandLineInterface.entrypoint()
+    serve.main()
 
 
 if __name__ == "__main__":

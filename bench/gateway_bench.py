@@ -4,9 +4,10 @@
         uv run python -m bench.gateway_bench [--short]
 
 It starts its own fast upstream (`bench.upstream_fast`) and its own gateway processes
-(daphne on uvloop, one process, as `make run` serves it; GATEWAY_EVENT_LOOP=asyncio for
-asyncio's own loop), set up as an operator would (`manage.py
-migrate`, `add_connection`, `ensure_admin`, `issue_token`), in two configurations:
+(uvicorn with httptools on uvloop, one process, as `make run` serves it: `python -m
+mcpgw.serve`; GATEWAY_EVENT_LOOP=asyncio for asyncio's own loop), set up as an operator
+would (`manage.py migrate`, `add_connection`, `ensure_admin`, `issue_token`), in two
+configurations:
 
 - embedded: the embedded default (SQLite, no Redis), the default masking rules, a 200-byte
   tool result, no policy;
@@ -24,7 +25,7 @@ Legacy-era runs first initialize one session per client (directly, and through t
 gateway); each client connection then calls in its own session.
 
 Printed per configuration: p50/p95/p99 latency, calls/s, the ratio to direct, the
-gateway's CPU seconds per 1,000 calls (utime+stime of the daphne process from /proc),
+gateway's CPU seconds per 1,000 calls (utime+stime of the serving processes from /proc),
 the Postgres backends' CPU seconds per 1,000 calls, and the gateway's peak RSS; then a
 scaling table (latency vs clients), the gateway's memory with 1,000 and 10,000 idle
 legacy sessions (and with idle GET streams), and the verify and export rates of the
@@ -48,7 +49,6 @@ code on a shared virtual machine whose speed drifts by a quarter within an hour.
 import argparse
 import asyncio
 import contextlib
-import importlib.util
 import json
 import math
 import os
@@ -495,18 +495,13 @@ class Site:
         env = self.env()
         counts_file = None
         if self.options.server == "granian":
-            # Granian's Rust HTTP server, on the event loop daphne would serve on.
+            # Granian's Rust HTTP server, on the event loop the gateway would serve on.
             command = [sys.executable, "-m", "granian", "--interface", "asgi", "--host", HOST]
             command += ["--port", str(port), "--workers", str(self.options.workers)]
             command += ["--backlog", "2048", "--loop", event_loop_setting()]
             command += ["mcpgw.asgi:application"]
-        elif self.options.server == "uvicorn":
-            # Served as uvicorn serves any ASGI app (h11, unless httptools is installed).
-            command = [sys.executable, "-m", "uvicorn", "--host", HOST, "--port", str(port)]
-            command += ["--lifespan", "off", "--workers", str(self.options.workers)]
-            command += ["--loop", event_loop_setting()]
-            command += ["mcpgw.asgi:application"]
         else:
+            # As `make run` serves it: uvicorn with httptools, the launcher's defaults.
             if self.options.count_calls:
                 counts_file = self.data_dir / f"counts-{port}.json"
                 env["BENCH_COUNTS_FILE"] = str(counts_file)
@@ -515,10 +510,9 @@ class Site:
                 command = [sys.executable, "-m", "bench.counting_gateway"]
             else:
                 command = [sys.executable, "-m", "mcpgw.serve"]
-            # The listen queue that `make run` and the Dockerfile give daphne (Twisted's
-            # default of 50 drops connections opened in a burst).
-            command += ["-e", f"tcp:port={port}:interface={HOST}:backlog=2048"]
-            command += ["mcpgw.asgi:application"]
+            command += ["--host", HOST, "--port", str(port)]
+            if self.options.workers != 1:
+                command += ["--workers", str(self.options.workers)]
         callgrind_out = None
         if self.options.instructions:
             callgrind_out = Path(self.options.instructions).resolve() / f"{label}-{port}.out"
@@ -1126,16 +1120,10 @@ def server_description(options: argparse.Namespace) -> str:
             f"gateway on granian {version('granian')} ({options.workers} worker process(es), "
             f"{loop} event loop)"
         )
-    if options.server == "uvicorn":
-        # uvicorn parses HTTP with httptools where it is installed (it is not a dependency).
-        http = "httptools" if importlib.util.find_spec("httptools") else "h11"
-        return (
-            f"gateway on uvicorn {version('uvicorn')} ({http}, {options.workers} worker "
-            f"process(es), {loop} event loop, executor threads {threads})"
-        )
     return (
-        f"gateway on daphne {version('daphne')} (1 process, `python -m mcpgw.serve`, {loop} "
-        f"event loop, ASGI_THREADS {threads})"
+        f"gateway on uvicorn {version('uvicorn')} (`python -m mcpgw.serve`: httptools "
+        f"{version('httptools')}, {options.workers} process(es), {loop} event loop, "
+        f"executor threads {threads})"
     )
 
 
@@ -1196,9 +1184,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--server",
-        choices=("daphne", "uvicorn", "granian"),
-        default="daphne",
-        help="what serves the gateway (daphne, as `make run` does, by default)",
+        choices=("uvicorn", "granian"),
+        default="uvicorn",
+        help="what serves the gateway (uvicorn through `python -m mcpgw.serve`, as `make run` "
+        "does, by default)",
     )
     parser.add_argument(
         "--workers", type=_positive(int), default=1, help="uvicorn or granian worker processes"
@@ -1247,8 +1236,8 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit("wrk is not installed (apt-get install wrk)")
     if options.no_gc_freeze and not options.count_calls:
         sys.exit("--no-gc-freeze needs --count-calls (it runs under bench.counting_gateway)")
-    if options.server != "daphne" and options.count_calls:
-        sys.exit("--count-calls runs the gateway under daphne only")
+    if (options.server != "uvicorn" or options.workers != 1) and options.count_calls:
+        sys.exit("--count-calls runs the gateway as one uvicorn process only")
     if options.instructions:
         if not (shutil.which("valgrind") and shutil.which("callgrind_control")):
             sys.exit("--instructions needs valgrind (apt-get install valgrind)")
@@ -1257,7 +1246,7 @@ def main(argv: list[str] | None = None) -> None:
         if options.server == "granian" or options.workers != 1:
             # Granian serves from worker processes, uvicorn too with --workers above 1:
             # callgrind would count their parent, which serves nothing.
-            sys.exit("--instructions counts one serving process: daphne, or uvicorn (1 worker)")
+            sys.exit("--instructions counts one serving process: uvicorn with 1 worker")
         if mode.concurrency != (1,):
             sys.exit(
                 "--instructions counts at one client only (--concurrency 1): under callgrind "
@@ -1270,8 +1259,6 @@ def main(argv: list[str] | None = None) -> None:
         event_loop_setting()
     except ValueError as exc:
         sys.exit(str(exc))
-    if options.workers != 1 and options.server == "daphne":
-        sys.exit("daphne runs one process: --workers is for --server uvicorn or granian")
     for directory in (options.profile, options.count_calls, options.instructions):
         if directory:
             Path(directory).mkdir(parents=True, exist_ok=True)

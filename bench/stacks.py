@@ -47,7 +47,7 @@ STEPS = (
     ("upstream body read + json.loads", r"^Reply\.read_message \(gateway/upstream\.py"),
     ("response JSON to agent (dumps)", r"^Exchange\.respond_json \(gateway/endpoint\.py"),
     ("request parse (jsonrpc.parse)", r"^parse \(gateway/jsonrpc\.py"),
-    ("daphne/Twisted HTTP (outside the app)", r"^HTTPChannel\.|^WebRequest\.|^Request\."),
+    ("uvicorn HTTP (outside the app)", r"^HttpToolsProtocol\."),
     ("thread pool hand-off (submit)", r"^ThreadPoolExecutor\.submit "),
     ("worker waiting for work or the GIL", r"^_worker \(concurrent/futures/thread\.py:89\)"),
 )

@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 
 def _client_address(request: HttpRequest) -> str:
-    # Behind a proxy, daphne --proxy-headers puts the client's address here.
+    # Behind a proxy, `mcpgw.serve --proxy-headers` puts the client's address here.
     return request.META.get("REMOTE_ADDR", "")
 
 

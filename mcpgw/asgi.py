@@ -1,9 +1,9 @@
 """ASGI entry point: /mcp/ goes to the gateway's data path, everything else to Django.
 
 Run in production with:
-    python -m mcpgw.serve -e tcp:port=8000:interface=0.0.0.0:backlog=2048 mcpgw.asgi:application
-(daphne on uvloop's event loop, `mcpgw/serve.py`; a listen queue of 2048, not Twisted's
-50: see the README's "Production").
+    python -m mcpgw.serve --host 0.0.0.0 --port 8000
+(uvicorn with httptools on uvloop's event loop, `mcpgw/serve.py`; see the README's
+"Production").
 """
 
 import asyncio
@@ -34,9 +34,6 @@ from mcpgw import periodic, serving  # noqa: E402
 get_resolver().url_patterns  # noqa: B018 - loading it imports the views
 current_app.loader.import_default_modules()
 periodic.start()
-serving.use_lean_factory()
-serving.end_upstreams_at_shutdown()
-serving.log_event_loop()
 
 # What is loaded by now (Django, the apps, the libraries) lives as long as the process.
 # Frozen, it is left out of the collector's full collections, which otherwise walk all of
@@ -85,4 +82,6 @@ async def websocket_app(scope, receive, send):  # type: ignore[no-untyped-def]
         await console_websockets(scope, receive, send)
 
 
-application = ProtocolTypeRouter({"http": http_app, "websocket": websocket_app})
+application = ProtocolTypeRouter(
+    {"http": http_app, "websocket": websocket_app, "lifespan": serving.lifespan}
+)

@@ -1,23 +1,53 @@
-"""The production server: daphne, on uvloop's event loop.
+"""The production server: uvicorn, with httptools' HTTP parser, on uvloop's event loop.
 
-    python -m mcpgw.serve -e tcp:port=8000:interface=0.0.0.0:backlog=2048 mcpgw.asgi:application
+    python -m mcpgw.serve --host 0.0.0.0 --port 8000
 
-Takes daphne's arguments unchanged. daphne makes its event loop (on which Twisted's reactor,
-the application, aiohttp's upstream connections and psycopg's audit connection all run)
-when its server module is imported, with asyncio's loop policy of that moment; this sets
-uvloop's first, then runs daphne's command line. uvloop's loop is written in C where
-asyncio's runs every turn of the loop, its timers and its socket transports in Python:
-a tool call costs about 9% fewer instructions on it (see the README's "Performance").
+Takes uvicorn's arguments (`python -m mcpgw.serve --help`), with the gateway's defaults
+in front of them, so that any of them can be given otherwise:
 
-GATEWAY_EVENT_LOOP=asyncio serves on asyncio's own loop instead (for comparison, or where
-uvloop is not available).
+- the application `mcpgw.asgi:application` unless one is named;
+- httptools' HTTP parser (C) and the websockets library for WebSockets;
+- the event loop GATEWAY_EVENT_LOOP names: uvloop (the default) or asyncio;
+- a listen queue of 2048 connections (`--backlog`; uvicorn's default too, kept here
+  whatever uvicorn's becomes): a short one drops connections opened in a burst, see the
+  README's "Production";
+- idle keep-alive connections closed after 75 s (`--timeout-keep-alive`), longer than a
+  load balancer's own keep-alive to its upstreams (nginx: 60 s), so that the balancer,
+  not the gateway, ends an idle connection and never sends a request down one the
+  gateway is closing;
+- no proxy headers: the client's address is the peer's. Behind a load balancer, give
+  `--proxy-headers --forwarded-allow-ips <its address>` (docker-compose.yml does);
+- at SIGTERM, responses under way get 5 s to end (`--timeout-graceful-shutdown`), then the
+  ASGI lifespan's shutdown writes the audit records that wait to share a commit and ends
+  the upstream sessions this process opened (`mcpgw.serving`).
 """
 
-import asyncio
 import os
+import re
+import signal
 import sys
+from types import FrameType
 
 LOOPS = ("uvloop", "asyncio")
+
+DEFAULTS = (
+    "--http",
+    "httptools",
+    "--ws",
+    "websockets-sansio",
+    "--lifespan",
+    "on",
+    "--backlog",
+    "2048",
+    "--timeout-keep-alive",
+    "75",
+    "--timeout-graceful-shutdown",
+    "5",
+    "--no-proxy-headers",
+    "--no-server-header",
+)
+APPLICATION = "mcpgw.asgi:application"
+APPLICATION_NAME = re.compile(r"^[\w.]+:[\w.]+$")  # module:attribute
 
 
 def event_loop_setting() -> str:
@@ -28,28 +58,32 @@ def event_loop_setting() -> str:
     return name
 
 
-def use_event_loop() -> None:
-    """Make the event loops made from now on the configured kind.
+def arguments(given: list[str]) -> list[str]:
+    """uvicorn's command line: the gateway's defaults, then what was given (uvicorn takes
+    the last of an option given twice), then the application unless one was named."""
+    command = [*DEFAULTS, "--loop", event_loop_setting(), *given]
+    if not any(APPLICATION_NAME.match(word) for word in given):
+        command.append(APPLICATION)
+    return command
 
-    Must run before daphne's server module is imported."""
-    if "daphne.server" in sys.modules:
-        raise RuntimeError("daphne's event loop exists already: choose the loop before it")
-    name = event_loop_setting()
-    if name == "uvloop":
-        import uvloop
 
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+def _stopped(signum: int, frame: FrameType | None) -> None:
+    sys.exit(0)
 
 
 def main() -> None:
     try:
-        use_event_loop()
+        command = arguments(sys.argv[1:])
     except ValueError as exc:
         sys.exit(f"mcpgw.serve: {exc}")
-    from daphne.cli import CommandLineInterface
+    # uvicorn handles SIGTERM and SIGINT while it serves; once its shutdown is complete it
+    # raises the signal again for the handler that was there before: this one, so that a
+    # stop that went as it should ends with status 0 (and no KeyboardInterrupt traceback).
+    signal.signal(signal.SIGTERM, _stopped)
+    signal.signal(signal.SIGINT, _stopped)
+    import uvicorn.main
 
-    sys.argv[0] = "daphne"
-    CommandLineInterface.entrypoint()
+    uvicorn.main.main(args=command, prog_name="python -m mcpgw.serve")
 
 
 if __name__ == "__main__":

@@ -117,7 +117,6 @@ PUBLIC_URL = env_str("PUBLIC_URL").rstrip("/")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
-    "daphne",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -263,7 +262,7 @@ CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 X_FRAME_OPTIONS = "DENY"
 
 # Served over TLS (SECURE_COOKIES=true): plain HTTP is redirected, and HSTS is sent once
-# SECURE_HSTS_SECONDS is set. Behind a proxy that terminates TLS either run daphne with
+# SECURE_HSTS_SECONDS is set. Behind a proxy that terminates TLS either serve with
 # --proxy-headers (as docker-compose does) or name the proxy's header here.
 _proxy_ssl_header = env_str("SECURE_PROXY_SSL_HEADER")  # e.g. X-Forwarded-Proto
 if _proxy_ssl_header:
@@ -532,7 +531,6 @@ LOGGING = {
     "loggers": {
         "django.channels.server": {"level": "WARNING"},
         "httpx": {"level": "WARNING"},
-        "daphne": {"level": "WARNING"},
         # Every periodic task's success is not news.
         "celery.app.trace": {"level": "WARNING"},
     },

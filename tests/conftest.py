@@ -1,4 +1,4 @@
-"""Shared fixtures: real upstream MCP servers and a real gateway process (daphne on uvloop,
+"""Shared fixtures: real upstream MCP servers and a real gateway process (uvicorn on uvloop,
 started as `make run` starts it: `python -m mcpgw.serve`).
 
 The gateway runs as its own process against the test database, so tests that talk to it
@@ -27,8 +27,9 @@ os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
-# The listen queue every way of serving the gateway gives daphne (Makefile, Dockerfile,
-# docker-compose.yml): Twisted's default of 50 drops connections opened in a burst.
+# The listen queue every way of serving the gateway has (`mcpgw.serve`'s default, which
+# Makefile, Dockerfile and docker-compose.yml keep): a short one drops connections opened
+# in a burst.
 LISTEN_BACKLOG = 2048
 
 
@@ -159,7 +160,9 @@ def _database_url() -> str:
     )
 
 
-def start_gateway(tmp_path: Path, **env_overrides: str) -> Server:
+def start_gateway(tmp_path: Path, *serve_args: str, **env_overrides: str) -> Server:
+    """A gateway process started as `make run` starts it, with `serve_args` added to its
+    command line."""
     port = free_port()
     env = {
         **os.environ,
@@ -180,9 +183,11 @@ def start_gateway(tmp_path: Path, **env_overrides: str) -> Server:
             sys.executable,
             "-m",
             "mcpgw.serve",
-            "-e",
-            f"tcp:port={port}:interface=127.0.0.1:backlog={LISTEN_BACKLOG}",
-            "mcpgw.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            *serve_args,
         ],
         cwd=ROOT,
         env=env,

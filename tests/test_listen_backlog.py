@@ -1,8 +1,8 @@
 """Bursts of connections and requests are served, not dropped or failed.
 
 Connections opened at once (agents reconnecting after a restart, each opening its GET
-stream) are all accepted: the gateway listens with a queue of 2048, not Twisted's default
-of 50, where the kernel drops the connections that do not fit and the clients retry them
+stream) are all accepted: the gateway listens with a queue of 2048, not a short one (daphne's
+Twisted had 50), where the kernel drops the connections that do not fit and the clients retry them
 after 1, 3, 7, 15... seconds. Console requests arriving at once (here /healthz, which
 queries the database) wait their turn for one of CONSOLE_MAX_CONCURRENT_REQUESTS, each
 with a database connection it closes when it ends, instead of opening connections past
@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 from django.db import connection
+
+from mcpgw import serve
 
 from .conftest import LISTEN_BACKLOG, ROOT, Server
 
@@ -92,9 +94,12 @@ def test_every_way_of_serving_the_gateway_sets_the_listen_queue() -> None:
         "docker-compose.yml": compose["services"]["web"]["command"],
     }
     for where, command in commands.items():
-        # daphne on uvloop's event loop (mcpgw/serve.py), as the tests serve it.
+        # uvicorn on uvloop's event loop (mcpgw/serve.py), as the tests serve it, with the
+        # launcher's listen queue: the last --backlog is the one uvicorn takes.
         assert command[:3] == ["python", "-m", "mcpgw.serve"], where
-        assert "-b" not in command and "-p" not in command, where
-        endpoint = command[command.index("-e") + 1]
-        assert endpoint.startswith("tcp:port="), where
-        assert f":backlog={LISTEN_BACKLOG}" in endpoint, where
+        assert last_value(serve.arguments(command[3:]), "--backlog") == str(LISTEN_BACKLOG), where
+
+
+def last_value(command: list[str], option: str) -> str:
+    """The value of the last `option` in `command`: the one uvicorn's command line takes."""
+    return command[len(command) - command[::-1].index(option)]

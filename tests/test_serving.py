@@ -1,154 +1,44 @@
-"""What the gateway changes in daphne (`mcpgw/serving.py`): requests driven through daphne's
-own HTTP protocol with an in-memory transport, and a real gateway process stopped as an
-operator stops it; the event loop it serves on (`mcpgw/serve.py`)."""
+"""How the gateway is served (`mcpgw/serve.py`, `mcpgw/serving.py`): the launcher's command
+line, the event loop, the client's address behind a proxy, and a real gateway process
+stopped as an operator stops it."""
 
-import asyncio
-import gc
 import os
+import socket
 import subprocess
 import sys
-from email.headerregistry import ContentTypeHeader
+import time
 from importlib.metadata import version
 from pathlib import Path
-from types import SimpleNamespace
 
 import httpx
 import pytest
-from daphne import server as daphne_server
-from twisted.internet.address import IPv4Address
-from twisted.internet.testing import StringTransport
-from twisted.logger import globalLogPublisher
 
-from mcpgw import serving
+from audit.models import AuditRecord, Kind
+from mcpgw import serve
 from tests.conftest import ROOT, Server, add_connection, issue_token, start_gateway, stop
 from tests.test_admission_cache import modern_call, modern_headers
+from tests.test_listen_backlog import last_value
 
 
-class _ApplicationQueue:
-    def __init__(self) -> None:
-        self.messages: list[dict] = []
-
-    def put_nowait(self, message: dict) -> None:
-        self.messages.append(message)
-
-
-def _post(content_type: str, body: bytes) -> bytes:
-    head = (
-        f"POST /mcp/bench HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    )
-    return head.encode() + body
+def test_the_launcher_puts_the_gateways_defaults_before_what_it_is_given() -> None:
+    command = serve.arguments(["--host", "0.0.0.0", "--port", "8000", "--backlog", "64"])
+    assert last_value(command, "--http") == "httptools"
+    assert last_value(command, "--loop") == "uvloop"
+    assert last_value(command, "--lifespan") == "on"
+    assert last_value(command, "--backlog") == "64"  # what was given wins
+    assert command[-1] == "mcpgw.asgi:application"
+    assert "--proxy-headers" not in command
+    behind_proxy = serve.arguments(["--proxy-headers", "other.asgi:app"])
+    assert behind_proxy.index("--proxy-headers") > behind_proxy.index("--no-proxy-headers")
+    assert behind_proxy[-1] == "other.asgi:app"
+    assert "mcpgw.asgi:application" not in behind_proxy
 
 
-def test_posts_reach_the_application_whole_and_twisted_neither_parses_nor_logs_them() -> None:
-    serving.use_lean_factory()
-    serving.use_lean_factory()  # twice: asgi.py may be loaded again in one process
-    scopes: list[dict] = []
-    queue = _ApplicationQueue()
-    twisted_events: list[dict] = []
-    received: list = []  # daphne's request objects, which the application answers through
-
-    def create_application(request: object, scope: dict) -> _ApplicationQueue:
-        scopes.append(scope)
-        received.append(request)
-        return queue
-
-    server = SimpleNamespace(
-        connections={},
-        protocol_connected=lambda request: None,
-        protocol_disconnected=lambda request: None,
-        create_application=create_application,
-        log_action=lambda *args: None,
-        server_name="daphne",
-        root_path="",
-        request_buffer_size=8192,
-        proxy_forwarded_address_header=None,
-        proxy_forwarded_port_header=None,
-        proxy_forwarded_proto_header=None,
-    )
-    requests = [
-        ("application/json", b'{"jsonrpc":"2.0","id":1,"method":"ping"}'),
-        ("application/x-www-form-urlencoded", b"username=admin&password=x"),
-        ("multipart/form-data; boundary=zz", b'--zz\r\nContent-Disposition: form-data; name="a"'),
-    ] * 5
-    transports = []
-    factory = daphne_server.HTTPFactory(server)  # the factory daphne's server makes
-    factory.startFactory()
-    gc.collect()
-    gc.disable()  # the header classes Twisted used to make would linger until collected
-    globalLogPublisher.addObserver(twisted_events.append)
-    try:
-        classes_before = len(ContentTypeHeader.__subclasses__())
-        for content_type, body in requests:
-            protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
-            transports.append(StringTransport())
-            protocol.makeConnection(transports[-1])
-            protocol.dataReceived(_post(content_type, body))
-            # The application's answer.
-            received[-1].handle_reply({"type": "http.response.start", "status": 200})
-            received[-1].handle_reply({"type": "http.response.body", "body": b"{}"})
-        classes_after = len(ContentTypeHeader.__subclasses__())
-    finally:
-        globalLogPublisher.removeObserver(twisted_events.append)
-        gc.enable()
-        factory.stopFactory()
-
-    assert [s["method"] for s in scopes] == ["POST"] * len(requests)
-    bodies = [m["body"] for m in queue.messages if m["type"] == "http.request"]
-    assert bodies == [body for _, body in requests]
-    assert all(t.value().startswith(b"HTTP/1.1 200 OK\r\n") for t in transports)
-    # Twisted parsed each POST's Content-Type with the email package, which makes a class
-    # per header parsed (and reference cycles only the collector frees).
-    assert classes_after == classes_before
-    # Nor does Twisted format an access-log line of its own for each request.
-    assert not [e for e in twisted_events if "/mcp/bench" in str(e.get("log_io", ""))]
-
-
-async def test_a_request_is_let_go_of_when_its_application_ends_not_a_second_later() -> None:
-    # daphne keeps each request (with its application instance, scope and queue) in the
-    # server's connections until a sweep once a second; the gateway's requests go as soon
-    # as their application has ended. One that failed stays for the sweep, which logs it.
-    serving.use_lean_factory()
-
-    async def application(scope: dict, receive, send) -> None:  # type: ignore[no-untyped-def]
-        await receive()
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"{}"})
-        await asyncio.sleep(0.05)  # work after the answer, as the outcome record is
-        if scope["path"] == "/mcp/fails":
-            raise RuntimeError("after the answer")
-
-    server = daphne_server.Server(application, endpoints=["tcp:port=0"])
-    server.connections = {}  # as Server.run makes it
-    factory = daphne_server.HTTPFactory(server)
-    requests = {}
-    for path in ("/mcp/ok", "/mcp/fails"):
-        known = set(server.connections)
-        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
-        transport = StringTransport()
-        protocol.makeConnection(transport)
-        protocol.dataReceived(
-            _post("application/json", b"{}").replace(b"/mcp/bench", path.encode())
-        )
-        (request,) = set(server.connections) - known
-        requests[path] = (request, transport)
-    for _ in range(100):
-        if all(t.value().startswith(b"HTTP/1.1 200 OK") for _, t in requests.values()):
-            break
-        await asyncio.sleep(0.01)
-    answered, failed = requests["/mcp/ok"][0], requests["/mcp/fails"][0]
-    assert answered in server.connections  # its application is still at work
-    await asyncio.sleep(0.2)
-    assert answered not in server.connections
-    assert failed in server.connections
-    assert isinstance(server.connections[failed]["application_instance"].exception(), RuntimeError)
-
-
-def call_add(gateway: Server, token: str) -> None:
+def call_add(gateway: Server, token: str, **headers: str) -> None:
     """A 2026-07-28 call of the legacy upstream's `add`, answered through the gateway."""
     answer = httpx.post(
         f"{gateway.url}/mcp/old",
-        headers=modern_headers(token, "add"),
+        headers={**modern_headers(token, "add"), **headers},
         json=modern_call("add", {"a": 2, "b": 3}),
         timeout=30,
     )
@@ -176,6 +66,65 @@ def test_a_stopped_gateway_ends_the_upstream_session_it_kept_for_stateless_agent
     session = call["headers"]["mcp-session-id"]
     deletes = [r for r in legacy_upstream.seen() if r["method"] == "DELETE"]
     assert [r["headers"].get("mcp-session-id") for r in deletes] == [session]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_stopped_gateway_does_not_wait_for_open_streams_past_its_grace(
+    alice, tmp_path, legacy_upstream: Server
+) -> None:
+    add_connection("old", legacy_upstream.url)
+    token = issue_token("alice")
+    gateway = start_gateway(tmp_path)
+    try:
+        call_add(gateway, token)
+        # An agent's legacy SSE stream, open until the agent or the gateway ends it.
+        stream = socket.create_connection(("127.0.0.1", gateway.port), timeout=30)
+        stream.sendall(
+            f"GET /mcp/old/sse HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n".encode()
+        )
+        received = b""
+        while b"event: endpoint" not in received:
+            chunk = stream.recv(65536)
+            assert chunk, received
+            received += chunk
+        began = time.monotonic()
+    finally:
+        stop(gateway.process)
+    # docker stop sends SIGKILL after 10 s: the stream is ended after the 5 s grace, and
+    # the shutdown (audit records, upstream sessions) still runs.
+    assert gateway.process.returncode == 0
+    assert time.monotonic() - began < 9
+    assert "Application shutdown complete" in _log(tmp_path, gateway)
+    stream.close()
+    deletes = [r for r in legacy_upstream.seen() if r["method"] == "DELETE"]
+    assert len(deletes) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_client_address_comes_from_a_trusted_proxy_only(
+    alice, tmp_path, legacy_upstream: Server
+) -> None:
+    add_connection("old", legacy_upstream.url)
+    token = issue_token("alice")
+    (tmp_path / "direct").mkdir()
+    (tmp_path / "proxied").mkdir()
+    direct = start_gateway(tmp_path / "direct")
+    behind_proxy = start_gateway(
+        tmp_path / "proxied", "--proxy-headers", "--forwarded-allow-ips", "127.0.0.1"
+    )
+    try:
+        call_add(direct, token, **{"X-Forwarded-For": "203.0.113.7"})
+        call_add(behind_proxy, token, **{"X-Forwarded-For": "203.0.113.9"})
+    finally:
+        stop(direct.process)
+        stop(behind_proxy.process)
+    addresses = AuditRecord.objects.filter(kind=Kind.CALL_REQUEST, target="add").order_by("seq")
+    # Without --proxy-headers anyone could name any address: the peer's is recorded.
+    assert list(addresses.values_list("client_address", flat=True)) == [
+        "127.0.0.1",
+        "203.0.113.9",
+    ]
 
 
 def _log(directory: Path, server: Server) -> str:
@@ -209,7 +158,7 @@ def test_gateway_event_loop_asyncio_serves_on_asyncios_own_loop(
 @pytest.mark.parametrize("value", ["epoll", "tokio"])
 def test_an_unknown_gateway_event_loop_is_refused_before_serving(value: str) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "mcpgw.serve", "-e", "tcp:port=0", "mcpgw.asgi:application"],
+        [sys.executable, "-m", "mcpgw.serve", "--port", "0"],
         cwd=ROOT,
         env={**os.environ, "GATEWAY_EVENT_LOOP": value},
         capture_output=True,
