@@ -6,7 +6,9 @@ Takes uvicorn's arguments (`python -m mcpgw.serve --help`), with the gateway's d
 in front of them, so that any of them can be given otherwise:
 
 - the application `mcpgw.asgi:application` unless one is named;
-- httptools' HTTP parser (C) and the websockets library for WebSockets;
+- httptools' HTTP parser (C), with a request's head (request line and headers) limited to
+  64 KiB (`mcpgw.serving.HttpProtocol`: 431 beyond), and the websockets library for
+  WebSockets;
 - the event loop GATEWAY_EVENT_LOOP names: uvloop (the default) or asyncio;
 - a listen queue of 2048 connections (`--backlog`; uvicorn's default too, kept here
   whatever uvicorn's becomes): a short one drops connections opened in a burst, see the
@@ -32,7 +34,7 @@ LOOPS = ("uvloop", "asyncio")
 
 DEFAULTS = (
     "--http",
-    "httptools",
+    "mcpgw.serving:HttpProtocol",
     "--ws",
     "websockets-sansio",
     "--lifespan",

@@ -1,4 +1,9 @@
-"""The gateway's start and end as the server that serves it sees them: ASGI lifespan events.
+"""What the gateway adds to the server that serves it (uvicorn, `mcpgw.serve`).
+
+Request heads: httptools keeps a header whole until it ends, whatever its size, and uvicorn
+sets no limit, so a client could make the process buffer megabytes of headers on every
+connection it opens. `HttpProtocol` refuses a request whose head (request line and
+headers) goes past MAX_HEAD_BYTES with 431, before the application sees it.
 
 Start: the log says which event loop serves (uvloop or asyncio; see `mcpgw.serve`).
 
@@ -13,11 +18,80 @@ process behind the load balancer may go on serving them.
 """
 
 import asyncio
+import json
 import logging
 from importlib.metadata import version
 from typing import Any
 
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
 log = logging.getLogger(__name__)
+
+# The most a request's head may take (Twisted, under daphne, allowed 16 KiB of headers);
+# room for large bearer tokens and many Mcp-Param-* headers.
+MAX_HEAD_BYTES = 64 * 1024
+HEAD_END = b"\r\n\r\n"
+
+
+def _head_too_large() -> bytes:
+    body = json.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": None,
+            "error": {
+                "code": -32600,
+                "message": f"Request header fields too large: more than {MAX_HEAD_BYTES} bytes",
+            },
+        },
+        separators=(",", ":"),
+    ).encode()
+    return (
+        b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+    )
+
+
+class HttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, with a request's head limited to MAX_HEAD_BYTES."""
+
+    _in_head = True  # between a request's first byte and the end of its headers
+    _head_seen = 0  # bytes received since the request began
+    _tail = b""  # the last bytes received, for an end of the head split between reads
+    _refused = False
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if self._in_head:
+            start = self._head_seen - len(self._tail)  # where tail + data begins
+            self._head_seen += len(data)
+            if self._head_seen > MAX_HEAD_BYTES:
+                # The read may hold the end of the head and then the body.
+                end = (self._tail + data).find(HEAD_END)
+                if end < 0 or start + end + len(HEAD_END) > MAX_HEAD_BYTES:
+                    self._refuse_head()
+                    return
+            self._tail = data[-3:]
+        super().data_received(data)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._in_head, self._head_seen, self._tail = True, 0, b""
+        super().on_message_complete()
+
+    def _refuse_head(self) -> None:
+        self._refused = True
+        self.logger.warning(
+            "%s - request head over %d bytes refused with 431",
+            f"{self.client[0]}:{self.client[1]}" if self.client else "-",
+            MAX_HEAD_BYTES,
+        )
+        self.transport.write(_head_too_large())
+        self.transport.close()
+
 
 # How long shutdown waits for the last audit records, and for upstreams to end their
 # sessions.

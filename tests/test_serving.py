@@ -2,6 +2,7 @@
 line, the event loop, the client's address behind a proxy, and a real gateway process
 stopped as an operator stops it."""
 
+import json
 import os
 import socket
 import subprocess
@@ -22,7 +23,7 @@ from tests.test_listen_backlog import last_value
 
 def test_the_launcher_puts_the_gateways_defaults_before_what_it_is_given() -> None:
     command = serve.arguments(["--host", "0.0.0.0", "--port", "8000", "--backlog", "64"])
-    assert last_value(command, "--http") == "httptools"
+    assert last_value(command, "--http") == "mcpgw.serving:HttpProtocol"  # httptools, capped
     assert last_value(command, "--loop") == "uvloop"
     assert last_value(command, "--lifespan") == "on"
     assert last_value(command, "--backlog") == "64"  # what was given wins
@@ -32,6 +33,50 @@ def test_the_launcher_puts_the_gateways_defaults_before_what_it_is_given() -> No
     assert behind_proxy.index("--proxy-headers") > behind_proxy.index("--no-proxy-headers")
     assert behind_proxy[-1] == "other.asgi:app"
     assert "mcpgw.asgi:application" not in behind_proxy
+
+
+def _exchange(port: int, request: bytes, piece: int) -> bytes:
+    """What the gateway answers `request` (which asks it to close the connection after),
+    sent `piece` bytes at a time."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        try:
+            for start in range(0, len(request), piece):
+                connection.sendall(request[start : start + piece])
+        except OSError:  # the gateway answered and closed before the rest was sent
+            pass
+        answer = b""
+        try:
+            while chunk := connection.recv(65536):
+                answer += chunk
+        except ConnectionResetError:  # closed with some of the request unread: answered
+            pass
+        return answer
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("piece", [1_000_000, 1000])
+def test_a_request_head_over_64_kib_is_refused_with_431(gateway: Server, piece: int) -> None:
+    def health(header_bytes: int) -> bytes:
+        return (
+            b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+            b"X-Padding: " + b"a" * header_bytes + b"\r\n\r\n"
+        )
+
+    refused = _exchange(gateway.port, health(70_000), piece)
+    head, _, body = refused.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431 "), refused[:200]
+    assert json.loads(body)["error"] == {
+        "code": -32600,
+        "message": "Request header fields too large: more than 65536 bytes",
+    }
+    # Just under the limit, and a body after the head in the same reads, are served.
+    assert _exchange(gateway.port, health(60_000), piece).startswith(b"HTTP/1.1 200 ")
+    call = (
+        b"POST /mcp/none HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 60000\r\n"
+        b"X-Padding: " + b"a" * 60_000 + b"\r\n\r\n" + b" " * 59_998 + b"{}"
+    )
+    assert _exchange(gateway.port, call, piece).startswith(b"HTTP/1.1 401 ")
 
 
 def call_add(gateway: Server, token: str, **headers: str) -> None:
