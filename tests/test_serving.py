@@ -79,6 +79,13 @@ def test_a_request_head_over_64_kib_is_refused_with_431(gateway: Server, piece: 
     assert _exchange(gateway.port, call, piece).startswith(b"HTTP/1.1 401 ")
 
 
+@pytest.fixture
+def token(alice, legacy_upstream: Server) -> str:  # type: ignore[no-untyped-def]
+    """Alice's token, and the connection `old` to the legacy upstream."""
+    add_connection("old", legacy_upstream.url)
+    return issue_token("alice")
+
+
 def call_add(gateway: Server, token: str, **headers: str) -> None:
     """A 2026-07-28 call of the legacy upstream's `add`, answered through the gateway."""
     answer = httpx.post(
@@ -93,12 +100,10 @@ def call_add(gateway: Server, token: str, **headers: str) -> None:
 
 @pytest.mark.django_db(transaction=True)
 def test_a_stopped_gateway_ends_the_upstream_session_it_kept_for_stateless_agents(
-    alice, tmp_path, legacy_upstream: Server
+    token: str, tmp_path: Path, legacy_upstream: Server
 ) -> None:
     # A 2026-07-28 agent calls a server that predates that version: the gateway opens a
     # session of its own on the server and keeps it for such calls.
-    add_connection("old", legacy_upstream.url)
-    token = issue_token("alice")
     gateway = start_gateway(tmp_path)
     try:
         call_add(gateway, token)
@@ -115,10 +120,8 @@ def test_a_stopped_gateway_ends_the_upstream_session_it_kept_for_stateless_agent
 
 @pytest.mark.django_db(transaction=True)
 def test_a_stopped_gateway_does_not_wait_for_open_streams_past_its_grace(
-    alice, tmp_path, legacy_upstream: Server
+    token: str, tmp_path: Path, legacy_upstream: Server
 ) -> None:
-    add_connection("old", legacy_upstream.url)
-    token = issue_token("alice")
     gateway = start_gateway(tmp_path)
     try:
         call_add(gateway, token)
@@ -147,11 +150,7 @@ def test_a_stopped_gateway_does_not_wait_for_open_streams_past_its_grace(
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_client_address_comes_from_a_trusted_proxy_only(
-    alice, tmp_path, legacy_upstream: Server
-) -> None:
-    add_connection("old", legacy_upstream.url)
-    token = issue_token("alice")
+def test_the_client_address_comes_from_a_trusted_proxy_only(token: str, tmp_path: Path) -> None:
     (tmp_path / "direct").mkdir()
     (tmp_path / "proxied").mkdir()
     direct = start_gateway(tmp_path / "direct")
@@ -184,11 +183,7 @@ def test_the_gateway_process_serves_on_uvloop(gateway: Server, gateway_data_dir:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_gateway_event_loop_asyncio_serves_on_asyncios_own_loop(
-    alice, tmp_path, legacy_upstream: Server
-) -> None:
-    add_connection("old", legacy_upstream.url)
-    token = issue_token("alice")
+def test_gateway_event_loop_asyncio_serves_on_asyncios_own_loop(token: str, tmp_path: Path) -> None:
     gateway = start_gateway(tmp_path, GATEWAY_EVENT_LOOP="asyncio")
     try:
         call_add(gateway, token)
