@@ -19,6 +19,8 @@ in front of them, so that any of them can be given otherwise:
   gateway is closing;
 - no proxy headers: the client's address is the peer's. Behind a load balancer, give
   `--proxy-headers --forwarded-allow-ips <its address>` (docker-compose.yml does);
+- uvicorn's own log lines (start, stop, the access log on stdout) in the form of the
+  gateway's, with their time (`mcpgw/uvicorn_logging.json`);
 - at SIGTERM, responses under way get 5 s to end (`--timeout-graceful-shutdown`), then the
   ASGI lifespan's shutdown writes the audit records that wait to share a commit and ends
   the upstream sessions this process opened (`mcpgw.serving`).
@@ -28,6 +30,7 @@ import os
 import re
 import signal
 import sys
+from pathlib import Path
 from types import FrameType
 
 LOOPS = ("uvloop", "asyncio")
@@ -47,6 +50,8 @@ DEFAULTS = (
     "5",
     "--no-proxy-headers",
     "--no-server-header",
+    "--log-config",
+    str(Path(__file__).with_name("uvicorn_logging.json")),
 )
 APPLICATION = "mcpgw.asgi:application"
 APPLICATION_NAME = re.compile(r"^[\w.]+:[\w.]+$")  # module:attribute

@@ -4,6 +4,7 @@ stopped as an operator stops it."""
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -180,6 +181,18 @@ def test_the_gateway_process_serves_on_uvloop(gateway: Server, gateway_data_dir:
     assert f"serving on the uvloop {version('uvloop')} event loop" in _log(
         gateway_data_dir, gateway
     )
+
+
+def test_the_access_log_says_when_who_asked_for_what(
+    gateway: Server, gateway_data_dir: Path
+) -> None:
+    assert httpx.get(f"{gateway.url}/healthz?from=access-log-test").status_code == 200
+    line = re.compile(
+        r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO uvicorn\.access 127\.0\.0\.1:\d+ - "
+        r'"GET /healthz\?from=access-log-test HTTP/1\.1" 200 OK$',
+        re.M,
+    )
+    assert line.search(_log(gateway_data_dir, gateway))
 
 
 @pytest.mark.django_db(transaction=True)
