@@ -14,6 +14,5 @@ def backend(alias: str = "default") -> BaseDatabaseWrapper:
 
     Django keeps one connection object per async context: `connections[alias]` on the
     event loop makes a new one in every request, with a dozen objects in reference cycles
-    that only the collector's slower passes free, and daphne keeps each request's context
-    for a second after it ended."""
+    that only the collector's slower passes free."""
     return connections.create_connection(alias)
