@@ -147,6 +147,9 @@ class Exchange:
         all_headers = list(headers or [])
         if content_type and body:
             all_headers.append((b"content-type", content_type.encode()))
+        if status not in (204, 304):
+            # Sized, not chunked: HTTP/1.0 clients have no chunked encoding.
+            all_headers.append((b"content-length", b"%d" % len(body)))
         await self._send({"type": "http.response.start", "status": status, "headers": all_headers})
         await self._send({"type": "http.response.body", "body": body})
         self.started = self.finished = True

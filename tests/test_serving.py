@@ -87,6 +87,21 @@ def token(alice, legacy_upstream: Server) -> str:  # type: ignore[no-untyped-def
     return issue_token("alice")
 
 
+@pytest.mark.django_db(transaction=True)
+def test_an_http_1_0_client_gets_a_sized_answer(gateway: Server) -> None:
+    answer = _exchange(
+        gateway.port,
+        b"POST /mcp/none HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1\r\n\r\n{",
+        piece=1_000_000,
+    )
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401 "), answer
+    assert b"transfer-encoding" not in head.lower()
+    assert f"content-length: {len(body)}".encode() in head.lower()
+    assert json.loads(body)["error"]["code"] == -32600
+
+
 def call_add(gateway: Server, token: str, **headers: str) -> None:
     """A 2026-07-28 call of the legacy upstream's `add`, answered through the gateway."""
     answer = httpx.post(
