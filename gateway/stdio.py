@@ -344,7 +344,8 @@ class StdioProcess:
         return f"gw-{self._ids}"
 
     async def close(self) -> None:
-        """Close stdin, then SIGTERM, then SIGKILL, waiting a little between each."""
+        """Close stdin, then SIGTERM, then SIGKILL to its process group, waiting a little
+        between each."""
         process = self.process
         self.closing = True
         if process is None:
@@ -353,15 +354,8 @@ class StdioProcess:
             if process.stdin is not None:
                 with contextlib.suppress(Exception):
                     process.stdin.close()
-            for sig in (None, signal.SIGTERM, signal.SIGKILL):
-                if sig is not None:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(process.pid, sig)
-                try:
-                    await asyncio.wait_for(process.wait(), timeout=END_STEP_SECONDS)
-                    break
-                except TimeoutError:
-                    continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(process.wait(), timeout=END_STEP_SECONDS)
         await _end_group(process.pid)
         _running_groups.discard(process.pid)
         for task in self._tasks:

@@ -18,12 +18,13 @@ process behind the load balancer may go on serving them.
 """
 
 import asyncio
-import json
 import logging
 from importlib.metadata import version
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from gateway import jsonrpc
 
 log = logging.getLogger(__name__)
 
@@ -33,22 +34,17 @@ MAX_HEAD_BYTES = 64 * 1024
 HEAD_END = b"\r\n\r\n"
 
 
-def _head_too_large() -> bytes:
-    body = json.dumps(
-        {
-            "jsonrpc": "2.0",
-            "id": None,
-            "error": {
-                "code": -32600,
-                "message": f"Request header fields too large: more than {MAX_HEAD_BYTES} bytes",
-            },
-        },
-        separators=(",", ":"),
-    ).encode()
-    return (
-        b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
-        b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+_HEAD_TOO_LARGE = jsonrpc.dumps(
+    jsonrpc.error(
+        None,
+        jsonrpc.INVALID_REQUEST,
+        f"Request header fields too large: more than {MAX_HEAD_BYTES} bytes",
     )
+)
+HEAD_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+    b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_HEAD_TOO_LARGE), _HEAD_TOO_LARGE)
+)
 
 
 class HttpProtocol(HttpToolsProtocol):
@@ -57,11 +53,9 @@ class HttpProtocol(HttpToolsProtocol):
     _in_head = True  # between a request's first byte and the end of its headers
     _head_seen = 0  # bytes received since the request began
     _tail = b""  # the last bytes received, for an end of the head split between reads
-    _refused = False
 
     def data_received(self, data: bytes) -> None:
-        if self._refused:
-            return
+        # Once refused, the connection is closed: no more reads reach here.
         if self._in_head:
             start = self._head_seen - len(self._tail)  # where tail + data begins
             self._head_seen += len(data)
@@ -83,13 +77,12 @@ class HttpProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def _refuse_head(self) -> None:
-        self._refused = True
         self.logger.warning(
             "%s - request head over %d bytes refused with 431",
             f"{self.client[0]}:{self.client[1]}" if self.client else "-",
             MAX_HEAD_BYTES,
         )
-        self.transport.write(_head_too_large())
+        self.transport.write(HEAD_TOO_LARGE)
         self.transport.close()
 
 
