@@ -255,8 +255,12 @@ class Upstream(DetectsEra):
             # listeners can never starve calls of connections.
             connector = aiohttp.TCPConnector(limit=0, force_close=True)
         # Certificates are checked against the system's store (or SSL_CERT_FILE); the
-        # proxy from the environment is given per request (`_proxy`).
-        client = aiohttp.ClientSession(connector=connector, timeout=timeout)
+        # proxy from the environment is given per request (`_proxy`). One client serves
+        # every agent of the connection: a cookie an upstream sets in an answer to one agent
+        # is never sent back with another's requests (no cookie jar).
+        client = aiohttp.ClientSession(
+            connector=connector, timeout=timeout, cookie_jar=aiohttp.DummyCookieJar()
+        )
         self._clients[kind] = loop, client
         return client
 

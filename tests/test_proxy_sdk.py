@@ -93,6 +93,29 @@ async def test_upstream_gets_connection_credentials_never_the_agent_token(demo, 
         assert "authorization" not in request["headers"]
 
 
+async def test_a_cookie_an_upstream_sets_is_never_sent_back(alice, gateway):
+    """One upstream client serves every agent of a connection: a cookie set in an answer to
+    one agent must not travel with another agent's requests (nor with the same agent's)."""
+    upstream = start_demo("--set-cookie")
+    try:
+        # By a name: aiohttp's cookie jars keep no cookie from a bare IP address.
+        add_connection("cookies", upstream.url.replace("127.0.0.1", "localhost"))
+        url = f"{gateway.url}/mcp/cookies"
+        for agent in ("first-agent", "second-agent"):
+            token = issue_token("alice", "--run", agent)
+            for mode in MODES:
+                async with mcp_client(url, token, mode) as client:
+                    added = await client.call_tool("add", {"a": 1, "b": 2})
+                    assert added.structured_content == {"result": 3}
+        seen = upstream.seen()
+        answered = httpx.get(upstream.url, headers={"accept": "application/json"})
+    finally:
+        stop(upstream.process)
+    assert answered.headers["set-cookie"].startswith("upstream-session=answer-")
+    assert len([r for r in seen if r["rpc_method"] == "tools/call"]) == 6
+    assert [r["headers"]["cookie"] for r in seen if "cookie" in r["headers"]] == []
+
+
 async def test_one_upstream_session_per_agent_session_not_per_call(demo, demo_upstream):
     url, token = demo
     async with mcp_client(url, token, "legacy") as client:
