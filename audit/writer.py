@@ -59,6 +59,9 @@ class PostgresChain:
 
     def __init__(self) -> None:
         self._connection: Any = None
+        # The connection's cursor for the one-statement appends, made once (a cursor
+        # per statement copies the connection's adapters each time).
+        self._cursor: Any = None
         self._head: tuple[int, str] | None = None
 
     async def _connect(self) -> Any:
@@ -66,6 +69,7 @@ class PostgresChain:
             self._connection = await psycopg.AsyncConnection.connect(
                 pg.conninfo("mcpgw-audit-writer"), autocommit=True
             )
+            self._cursor = self._connection.cursor()
         return self._connection
 
     async def append_many(self, rows: list[dict[str, Any]]) -> list[AuditRecord]:
@@ -99,8 +103,9 @@ class PostgresChain:
     ) -> tuple[int, list[AuditRecord]] | None:
         """The records appended after `head`, or None if the head has moved since."""
         records = chain.build(rows, *head)
+        cursor = self._cursor
         try:
-            cursor = await connection.execute(*chain.append_at_statement(records, head))
+            await cursor.execute(*chain.append_at_statement(records, head))
         except BaseException as exc:
             if connection.broken:
                 await self.aclose()
@@ -204,8 +209,10 @@ class GroupWriter:
             self._write_now()
         elif self._linger is None:
             self._linger = loop.call_later(LINGER_SECONDS, self._write_now)
-        # The record is committed, or not, whether or not this caller still waits.
-        return await asyncio.shield(future)
+        # The record is committed, or not, whether or not this caller still waits: a
+        # caller cancelled while it waits cancels only its future, which `_drain` then
+        # leaves alone.
+        return await future
 
     def _write_now(self) -> None:
         if self._linger is not None:

@@ -179,7 +179,8 @@ _listeners: dict[asyncio.AbstractEventLoop, _Listener] = {}
 
 def _max_age(kind: Kept | None = None) -> float:
     """How long a kept value (of `kind`) may be used right now; 0 when nothing may be kept."""
-    seconds = settings.GATEWAY["ADMISSION_CACHE_SECONDS"]
+    gateway = settings.GATEWAY
+    seconds = gateway["ADMISSION_CACHE_SECONDS"]
     if seconds <= 0:
         return 0.0
     if not _is_postgres():
@@ -192,7 +193,7 @@ def _max_age(kind: Kept | None = None) -> float:
         listener = _listeners[loop] = _Listener()
         listener.task = loop.create_task(listener.run(), name="admission cache listener")
     if listener.listening:
-        return settings.GATEWAY["ADMISSION_CACHE_MAX_AGE"]
+        return gateway["ADMISSION_CACHE_MAX_AGE"]
     return seconds if kind is not None and kind.unheard_seconds else 0.0
 
 

@@ -9,6 +9,7 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import re
@@ -199,6 +200,9 @@ class Exchange:
             await self._send({"type": "http.response.body", "body": b""})
 
 
+# An agent sends the same Accept and Host on every request: what they allow is worked out
+# once per distinct value (the caches hold strings an agent sent, so they are bounded).
+@functools.lru_cache(maxsize=256)
 def _accepts(accept: str, media_type: str) -> bool:
     kinds = {part.split(";")[0].strip().lower() for part in accept.split(",")}
     return media_type in kinds or "*/*" in kinds or f"{media_type.split('/')[0]}/*" in kinds
@@ -206,9 +210,13 @@ def _accepts(accept: str, media_type: str) -> bool:
 
 def _host_allowed(exchange: Exchange) -> bool:
     """The Host must be one of ALLOWED_HOSTS (DNS rebinding protection, as for the console)."""
-    host = exchange.headers.get("host", "")
+    return _valid_host(exchange.headers.get("host", ""), tuple(settings.ALLOWED_HOSTS))
+
+
+@functools.lru_cache(maxsize=256)
+def _valid_host(host: str, allowed_hosts: tuple[str, ...]) -> bool:
     domain, _port = split_domain_port(host)
-    return bool(domain) and validate_host(domain, settings.ALLOWED_HOSTS)
+    return bool(domain) and validate_host(domain, allowed_hosts)
 
 
 def _origin_allowed(exchange: Exchange) -> bool:
@@ -1001,24 +1009,38 @@ class Handler:
         return payload
 
     async def _until_disconnect(self, work: Awaitable[None]) -> bool:
-        """Run work until it ends or the agent goes away; True if the agent went away."""
-        task = asyncio.ensure_future(work)
-        watcher = asyncio.ensure_future(self.exchange.watch_disconnect())
-        try:
-            await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            # This request is being torn down (its channel closed): the work goes with it.
+        """Run work until it ends or the agent goes away; True if the agent went away.
+
+        The work runs in this request's task; a watcher cancels it when the agent goes
+        away. A cancellation that is not the watcher's (the request torn down) goes on."""
+        task = asyncio.current_task()
+        assert task is not None
+        gone = False
+
+        async def watch() -> None:
+            nonlocal gone
+            await self.exchange.watch_disconnect()
+            gone = True
             task.cancel()
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await work
+        except asyncio.CancelledError:
+            if gone and task.uncancel() == 0:
+                return True
+            raise
+        except Exception:
+            if gone:  # the work failed as it was cancelled: the agent went away
+                task.uncancel()
+                return True
             raise
         finally:
             watcher.cancel()
-        if task.done():
-            task.result()
-            return False
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-        return True
+        if gone:  # the work ended without noticing the cancellation
+            task.uncancel()
+            return True
+        return False
 
     async def _forward(
         self,

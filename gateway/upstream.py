@@ -143,6 +143,9 @@ class Reply:
 
     async def _read(self) -> bytes:
         try:
+            if self.response.content.is_eof():
+                # The whole body came with the head (most JSON answers): nothing to wait for.
+                return await self.response.read()
             # A whole JSON answer within the timeout: an upstream trickling bytes is cut off.
             return await asyncio.wait_for(
                 self.response.read(), settings.GATEWAY["UPSTREAM_TIMEOUT"]

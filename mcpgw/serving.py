@@ -18,6 +18,7 @@ process behind the load balancer may go on serving them.
 """
 
 import asyncio
+import http
 import logging
 from importlib.metadata import version
 from typing import Any
@@ -84,6 +85,35 @@ class HttpProtocol(HttpToolsProtocol):
         )
         self.transport.write(HEAD_TOO_LARGE)
         self.transport.close()
+
+
+class AccessFormatter(logging.Formatter):
+    """uvicorn's access log line, `%(client_addr)s - "%(request_line)s" %(status_code)s`,
+    made from the record's arguments (client address, method, path and query, HTTP
+    version, status) without uvicorn's formatter's two copies of each record and its
+    lookup of the status's phrase for every line."""
+
+    _statuses: dict[int, str] = {}
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5:
+            client_addr, method, path, http_version, status = args
+            record.client_addr = client_addr
+            record.request_line = f"{method} {path} HTTP/{http_version}"
+            record.status_code = self._status(status)
+        return super().formatMessage(record)
+
+    @classmethod
+    def _status(cls, code: int) -> str:
+        text = cls._statuses.get(code)
+        if text is None:
+            try:
+                phrase = http.HTTPStatus(code).phrase
+            except ValueError:
+                phrase = ""
+            text = cls._statuses[code] = f"{code} {phrase}"
+        return text
 
 
 # How long shutdown waits for the last audit records, and for upstreams to end their

@@ -3,6 +3,7 @@ line, the event loop, the client's address behind a proxy, and a real gateway pr
 stopped as an operator stops it."""
 
 import json
+import logging
 import os
 import re
 import socket
@@ -14,9 +15,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn.logging
 
 from audit.models import AuditRecord, Kind
-from mcpgw import serve
+from mcpgw import serve, serving
 from tests.conftest import ROOT, Server, add_connection, issue_token, start_gateway, stop
 from tests.test_admission_cache import modern_call, modern_headers
 from tests.test_listen_backlog import last_value
@@ -208,6 +210,22 @@ def test_the_access_log_says_when_who_asked_for_what(
         re.M,
     )
     assert line.search(_log(gateway_data_dir, gateway))
+
+
+@pytest.mark.parametrize("status", [200, 202, 401, 431, 599])
+def test_the_access_lines_are_those_uvicorns_formatter_writes(status: int) -> None:
+    fmt = '%(levelname)s %(name)s %(client_addr)s - "%(request_line)s" %(status_code)s'
+    args = ("127.0.0.1:5000", "POST", "/mcp/demo?x=1", "1.1", status)
+    ours = serving.AccessFormatter(fmt)
+    theirs = uvicorn.logging.AccessFormatter(fmt, use_colors=False)
+    for _ in range(2):  # the second time from the kept status text
+        record = logging.LogRecord(
+            "uvicorn.access", logging.INFO, "", 0, '%s - "%s %s HTTP/%s" %d', args, None
+        )
+        assert ours.format(record) == theirs.format(record)
+    assert ours.format(record).startswith(
+        'INFO uvicorn.access 127.0.0.1:5000 - "POST /mcp/demo?x=1'
+    )
 
 
 @pytest.mark.django_db(transaction=True)
