@@ -170,16 +170,41 @@ def append_at_statement(records: list[AuditRecord], head: tuple[int, str]) -> tu
     it moved it. So no lock is held between reading the head and writing after it, and
     nothing is written after a head that another writer has moved since: the statement then
     inserts no row and the caller appends under the lock instead (`head_statement`)."""
+    params = [records[-1].seq, records[-1].hash, head[0], head[1], _json_parameter(records)]
+    return _append_at_text(), params
+
+
+@cache
+def _append_at_text() -> str:
     columns, recordset = _recordset()
     table, head_table = _tables()
-    statement = (
+    return (
         f"WITH moved AS (UPDATE {head_table} SET seq = %s, hash = %s "  # noqa: S608
         f"WHERE id = 1 AND seq = %s AND hash = %s RETURNING 1) "
         f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {recordset} "
         f"WHERE EXISTS (SELECT 1 FROM moved)"
     )
-    params = [records[-1].seq, records[-1].hash, head[0], head[1], _json_parameter(records)]
-    return statement, params
+
+
+@cache
+def append_at_prepared() -> bytes:
+    """`append_at_statement`'s text with libpq's numbered parameters, to be prepared."""
+    numbers = iter(range(1, 6))
+    text = re.sub("%s", lambda _: f"${next(numbers)}", _append_at_text())
+    assert next(numbers, None) is None, "append_at_statement takes five parameters"
+    return text.encode()
+
+
+def append_at_values(records: list[AuditRecord], head: tuple[int, str]) -> list[bytes]:
+    """`append_at_statement`'s parameters as the text libpq sends (`append_at_prepared`)."""
+    last = records[-1]
+    return [
+        b"%d" % last.seq,
+        last.hash.encode("ascii"),
+        b"%d" % head[0],
+        head[1].encode("ascii"),
+        rows_json(records),
+    ]
 
 
 def written_statement() -> str:

@@ -166,6 +166,44 @@ async def test_a_record_waits_for_a_writer_that_holds_the_head(transactions):
     assert result.verified == 3
 
 
+async def test_a_write_stopped_midway_leaves_the_writer_able_to_write(transactions):
+    """The writer's task is cancelled while its statement waits in the database (here for
+    a head another transaction holds): the connection still has that statement under way,
+    so the next records must go on a new one, after whatever the stopped one wrote."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the writer keeps a connection of its own on Postgres only")
+    import psycopg
+
+    from mcpgw import pg
+
+    await writer.append(**request_fields(1))
+    kept = writer.writer()._postgres._connection
+    async with await psycopg.AsyncConnection.connect(pg.conninfo("test-other")) as other:
+        async with other.transaction():
+            await other.execute(chain.head_statement())  # holds the head's lock
+            stopped = asyncio.ensure_future(writer.append(**request_fields(2)))
+            await asyncio.sleep(0.3)
+            drain = writer.writer()._task
+            assert drain is not None and not drain.done()
+            drain.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await drain
+            stopped.cancel()
+
+    record = await writer.append(**request_fields(3))
+    assert writer.writer()._postgres._connection is not kept
+    assert record.target == "tool-3"
+    result = await asyncio.to_thread(chain.verify)
+    assert result.ok, result.error
+    targets = await asyncio.to_thread(
+        lambda: list(AuditRecord.objects.order_by("seq").values_list("target", flat=True))
+    )
+    # The stopped statement may still have committed once the lock came free.
+    assert targets in (["tool-1", "tool-3"], ["tool-1", "tool-2", "tool-3"])
+
+
 def django_connection_objects() -> int:
     from django.db.backends.base.base import BaseDatabaseWrapper
 
