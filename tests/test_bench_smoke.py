@@ -138,3 +138,24 @@ def test_gateway_bench_refuses_an_unknown_event_loop(monkeypatch):
     assert done.returncode != 0
     assert "GATEWAY_EVENT_LOOP must be one of uvloop, asyncio, not 'tokio'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_upstream_client_cost_prints_both_clients_per_round():
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.upstream_client_cost", "--requests", "50", "--rounds", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert lines[0] == "50 requests per client and round, answers of 10432 bytes"
+    assert [line.split(":")[0] + " " + line.split()[2] for line in lines[1:]] == [
+        "round 1 aiohttp",
+        "round 1 bare",
+        "round 2 aiohttp",
+        "round 2 bare",
+    ]
+    assert all(line.endswith("µs CPU per request") for line in lines[1:])
