@@ -201,22 +201,40 @@ class Exchange:
 
 
 # An agent sends the same Accept and Host on every request: what they allow is worked out
-# once per distinct value (the caches hold strings an agent sent, so they are bounded).
-@functools.lru_cache(maxsize=256)
+# once per distinct value. The caches hold what agents sent, so they keep 256 values at
+# most, none longer than KEPT_VALUE_CHARS (a header may be up to the 64 KiB of a head).
+KEPT_VALUE_CHARS = 256
+
+
 def _accepts(accept: str, media_type: str) -> bool:
+    if len(accept) <= KEPT_VALUE_CHARS:
+        return _kept_accepts(accept, media_type)
+    return _accepts_now(accept, media_type)
+
+
+def _accepts_now(accept: str, media_type: str) -> bool:
     kinds = {part.split(";")[0].strip().lower() for part in accept.split(",")}
     return media_type in kinds or "*/*" in kinds or f"{media_type.split('/')[0]}/*" in kinds
 
 
+_kept_accepts = functools.lru_cache(maxsize=256)(_accepts_now)
+
+
 def _host_allowed(exchange: Exchange) -> bool:
     """The Host must be one of ALLOWED_HOSTS (DNS rebinding protection, as for the console)."""
-    return _valid_host(exchange.headers.get("host", ""), tuple(settings.ALLOWED_HOSTS))
+    host = exchange.headers.get("host", "")
+    allowed_hosts = tuple(settings.ALLOWED_HOSTS)
+    if len(host) <= KEPT_VALUE_CHARS:
+        return _kept_valid_host(host, allowed_hosts)
+    return _valid_host(host, allowed_hosts)
 
 
-@functools.lru_cache(maxsize=256)
 def _valid_host(host: str, allowed_hosts: tuple[str, ...]) -> bool:
     domain, _port = split_domain_port(host)
     return bool(domain) and validate_host(domain, allowed_hosts)
+
+
+_kept_valid_host = functools.lru_cache(maxsize=256)(_valid_host)
 
 
 def _origin_allowed(exchange: Exchange) -> bool:

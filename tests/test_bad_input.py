@@ -179,6 +179,35 @@ def test_foreign_host_is_refused(setup):
     assert response.status_code == 400
 
 
+def test_long_accept_and_host_values_are_judged_but_never_kept(setup):
+    """Accept and Host checks are kept per value, for the values agents send again and
+    again; values an agent could make as long as a request head are judged, not kept."""
+    from gateway import endpoint
+
+    long_accept = "text/x-" + "a" * 5000 + ", application/json, text/event-stream"
+    response = post(setup["url"], {**setup["auth"], "Accept": long_accept}, LIST_TOOLS)
+    assert response.status_code == 400  # past the Accept check: no session yet
+    long_host = "a" * 5000 + ".example.com"
+    response = post(setup["url"], {**setup["auth"], "Host": long_host}, LIST_TOOLS)
+    assert response.status_code == 400
+    assert "Host not allowed" in response.json()["error"]["message"]
+
+    endpoint._kept_accepts.cache_clear()
+    endpoint._kept_valid_host.cache_clear()
+    assert endpoint._accepts(long_accept, "application/json")
+    assert not endpoint._accepts("text/x-" + "a" * 5000, "application/json")
+    assert endpoint._accepts("application/json", "application/json")
+    assert endpoint._kept_accepts.cache_info().currsize == 1
+
+    def exchange(host: str) -> endpoint.Exchange:
+        scope = {"method": "POST", "headers": [(b"host", host.encode())]}
+        return endpoint.Exchange(scope, None, None)  # type: ignore[arg-type]
+
+    assert not endpoint._host_allowed(exchange(long_host))
+    assert endpoint._host_allowed(exchange("127.0.0.1:8000"))
+    assert endpoint._kept_valid_host.cache_info().currsize == 1
+
+
 def test_body_over_the_limit_gets_413(setup):
     big = {**LIST_TOOLS, "params": {"pad": "x" * 70_000}}
     response = post(setup["url"], setup["auth"], big)
