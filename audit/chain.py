@@ -189,10 +189,7 @@ def _append_at_text() -> str:
 @cache
 def append_at_prepared() -> bytes:
     """`append_at_statement`'s text with libpq's numbered parameters, to be prepared."""
-    numbers = iter(range(1, 6))
-    text = re.sub("%s", lambda _: f"${next(numbers)}", _append_at_text())
-    assert next(numbers, None) is None, "append_at_statement takes five parameters"
-    return text.encode()
+    return (_append_at_text() % ("$1", "$2", "$3", "$4", "$5")).encode()
 
 
 def append_at_values(records: list[AuditRecord], head: tuple[int, str]) -> list[bytes]:

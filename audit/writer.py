@@ -222,17 +222,12 @@ async def _run(pgconn: "pq.abc.PGconn", send: Callable[[], None]) -> "pq.abc.PGr
 
 
 async def _ready(add: Any, remove: Any, fd: int) -> None:
-    future = asyncio.get_running_loop().create_future()
-    add(fd, _settle_ready, future)
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    add(fd, _settle, future)
     try:
         await future
     finally:
         remove(fd)
-
-
-def _settle_ready(future: "asyncio.Future[None]") -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 class _NoHead(Exception):
@@ -322,7 +317,7 @@ class GroupWriter:
 
 
 def _settle(
-    future: "asyncio.Future[AuditRecord]",
+    future: "asyncio.Future[Any]",
     *,
     result: AuditRecord | None = None,
     exception: BaseException | None = None,

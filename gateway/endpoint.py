@@ -206,35 +206,35 @@ class Exchange:
 KEPT_VALUE_CHARS = 256
 
 
+def _kept_for_short_values[**P](function: Callable[P, bool]) -> Callable[P, bool]:
+    """`function`, its answers kept for a first argument of at most KEPT_VALUE_CHARS
+    (`.kept` is the cache)."""
+    kept = functools.lru_cache(maxsize=256)(function)
+
+    @functools.wraps(function)
+    def judged(*args: P.args, **kwargs: P.kwargs) -> bool:
+        short = len(args[0]) <= KEPT_VALUE_CHARS  # type: ignore[arg-type]
+        return kept(*args, **kwargs) if short else function(*args, **kwargs)
+
+    judged.kept = kept  # type: ignore[attr-defined]
+    return judged
+
+
+@_kept_for_short_values
 def _accepts(accept: str, media_type: str) -> bool:
-    if len(accept) <= KEPT_VALUE_CHARS:
-        return _kept_accepts(accept, media_type)
-    return _accepts_now(accept, media_type)
-
-
-def _accepts_now(accept: str, media_type: str) -> bool:
     kinds = {part.split(";")[0].strip().lower() for part in accept.split(",")}
     return media_type in kinds or "*/*" in kinds or f"{media_type.split('/')[0]}/*" in kinds
 
 
-_kept_accepts = functools.lru_cache(maxsize=256)(_accepts_now)
-
-
 def _host_allowed(exchange: Exchange) -> bool:
     """The Host must be one of ALLOWED_HOSTS (DNS rebinding protection, as for the console)."""
-    host = exchange.headers.get("host", "")
-    allowed_hosts = tuple(settings.ALLOWED_HOSTS)
-    if len(host) <= KEPT_VALUE_CHARS:
-        return _kept_valid_host(host, allowed_hosts)
-    return _valid_host(host, allowed_hosts)
+    return _valid_host(exchange.headers.get("host", ""), tuple(settings.ALLOWED_HOSTS))
 
 
+@_kept_for_short_values
 def _valid_host(host: str, allowed_hosts: tuple[str, ...]) -> bool:
     domain, _port = split_domain_port(host)
     return bool(domain) and validate_host(domain, allowed_hosts)
-
-
-_kept_valid_host = functools.lru_cache(maxsize=256)(_valid_host)
 
 
 def _origin_allowed(exchange: Exchange) -> bool:

@@ -192,12 +192,12 @@ def test_long_accept_and_host_values_are_judged_but_never_kept(setup):
     assert response.status_code == 400
     assert "Host not allowed" in response.json()["error"]["message"]
 
-    endpoint._kept_accepts.cache_clear()
-    endpoint._kept_valid_host.cache_clear()
+    endpoint._accepts.kept.cache_clear()
+    endpoint._valid_host.kept.cache_clear()
     assert endpoint._accepts(long_accept, "application/json")
     assert not endpoint._accepts("text/x-" + "a" * 5000, "application/json")
     assert endpoint._accepts("application/json", "application/json")
-    assert endpoint._kept_accepts.cache_info().currsize == 1
+    assert endpoint._accepts.kept.cache_info().currsize == 1
 
     def exchange(host: str) -> endpoint.Exchange:
         scope = {"method": "POST", "headers": [(b"host", host.encode())]}
@@ -205,7 +205,7 @@ def test_long_accept_and_host_values_are_judged_but_never_kept(setup):
 
     assert not endpoint._host_allowed(exchange(long_host))
     assert endpoint._host_allowed(exchange("127.0.0.1:8000"))
-    assert endpoint._kept_valid_host.cache_info().currsize == 1
+    assert endpoint._valid_host.kept.cache_info().currsize == 1
 
 
 def test_body_over_the_limit_gets_413(setup):
