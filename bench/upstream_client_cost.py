@@ -1,17 +1,17 @@
-"""CPU time per upstream request: aiohttp, as the gateway's upstream client uses it, against
-a bare asyncio protocol with httptools' response parser.
+"""CPU time per upstream request: the gateway's own client for plain-HTTP upstreams
+(`gateway.http1`), aiohttp as the gateway uses it for TLS and proxied upstreams, and a bare
+asyncio protocol with httptools' response parser.
 
     uv run python -m bench.upstream_client_cost [--requests N] [--rounds N] [--result-bytes N]
 
-Both run on uvloop's event loop and POST the benchmark's tools/call to its own
+All run on uvloop's event loop and POST the benchmark's tools/call to its own
 `bench.upstream_fast` over one keep-alive connection, one request at a time, and read the
-whole answer; the rounds alternate between the two. The figures are this process's CPU
-time per request (`time.process_time`, system calls included): what the upstream hop's HTTP
+whole answer; the rounds alternate between them. The figures are this process's CPU time
+per request (`time.process_time`, system calls included): what the upstream hop's HTTP
 handling costs a call, apart from the rest of the gateway.
 
 The bare protocol is no client the gateway could use (no pool, timeouts, TLS, proxies,
-chunked or streamed answers, or errors): it is the floor that a leaner client would stand
-on, and what such a client could at most save per call.
+chunked or streamed answers, or errors): it is the floor that any client stands on.
 """
 
 import argparse
@@ -27,6 +27,7 @@ import httptools
 import uvloop
 
 from bench.gateway_bench import free_port, wait_for_port
+from gateway import http1
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -114,24 +115,38 @@ async def measure(port: int, requests: int, rounds: int) -> list[tuple[str, floa
         response.release()
         return body
 
+    # As gateway.upstream makes it for the calls of an http:// upstream.
+    pool = http1.Pool(
+        url, limit=200, keep_alive=True, wait_timeout=30, connect_timeout=10, read_timeout=30
+    )
+
+    async def with_http1() -> bytes:
+        response = await pool.request("POST", dict(HEADERS), BODY)
+        body = await response.read()
+        response.release()
+        return body
+
     loop = asyncio.get_running_loop()
     _transport, bare = await loop.create_connection(BareClient, HOST, port)
+    clients = [
+        ("gateway.http1", with_http1),
+        ("aiohttp", with_aiohttp),
+        ("bare protocol", lambda: bare.post(port)),
+    ]
     results: list[tuple[str, float, int]] = []
     try:
         for _ in range(min(requests, 300)):  # warm-up
-            await with_aiohttp()
-            await bare.post(port)
+            for _name, send in clients:
+                await send()
         for _ in range(rounds):
-            start = time.process_time()
-            for _ in range(requests):
-                body = await with_aiohttp()
-            results.append(("aiohttp", _per_request(start, requests), len(body)))
-            start = time.process_time()
-            for _ in range(requests):
-                body = await bare.post(port)
-            results.append(("bare protocol", _per_request(start, requests), len(body)))
+            for name, send in clients:
+                start = time.process_time()
+                for _ in range(requests):
+                    body = await send()
+                results.append((name, _per_request(start, requests), len(body)))
     finally:
         await session.close()
+        pool.close()
         _transport.close()
     return results
 
@@ -156,7 +171,7 @@ def main() -> None:
     for n, (name, micros, size) in enumerate(results):
         if size != results[0][2]:
             raise SystemExit(f"{name} read {size} bytes, not {results[0][2]}")
-        print(f"round {n // 2 + 1}: {name:<14} {micros:7.1f} µs CPU per request")
+        print(f"round {n // 3 + 1}: {name:<14} {micros:7.1f} µs CPU per request")
 
 
 if __name__ == "__main__":

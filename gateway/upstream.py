@@ -1,10 +1,10 @@
 """Clients for upstream MCP servers over Streamable HTTP.
 
-One `Upstream` per connection and process holds a pooled HTTP client (aiohttp, whose
-HTTP parser is compiled: a call through it costs a fraction of what a pure-Python client
-costs), so HTTP connections are reused across calls; legacy-era upstream sessions are
-created once per downstream session (or once per connection for stateless downstream
-clients) and reused for every call in them.
+One `Upstream` per connection and process holds a pooled HTTP client, so HTTP connections
+are reused across calls: the gateway's own (`gateway.http1`) for `http://` upstreams
+reached directly, aiohttp for `https://` upstreams and those behind a proxy. Legacy-era
+upstream sessions are created once per downstream session (or once per connection for
+stateless downstream clients) and reused for every call in them.
 """
 
 import asyncio
@@ -22,7 +22,7 @@ import yarl
 from aiohttp.helpers import get_env_proxy_for_url
 from django.conf import settings
 
-from . import jsonrpc, protocol, sse
+from . import http1, jsonrpc, protocol, sse
 from .jsonrpc import Message
 from .replies import DetectsEra
 
@@ -52,7 +52,7 @@ class SessionExpired(Exception):
 class Reply:
     """An upstream HTTP answer whose body has not been read yet."""
 
-    response: aiohttp.ClientResponse
+    response: aiohttp.ClientResponse | http1.Response
     name: str
     size: int = 0
     on_close: Callable[[], None] | None = None
@@ -114,7 +114,7 @@ class Reply:
                 f"{settings.GATEWAY['UPSTREAM_TIMEOUT']:g} s",
                 outcome="timeout",
             ) from None
-        except aiohttp.ClientError as exc:
+        except _CLIENT_ERRORS as exc:
             raise UpstreamFailure(
                 jsonrpc.UPSTREAM_UNAVAILABLE,
                 f"upstream {self.name} broke off its stream: {describe(exc)}",
@@ -157,7 +157,7 @@ class Reply:
                 f"{settings.GATEWAY['UPSTREAM_TIMEOUT']:g} s",
                 outcome="timeout",
             ) from None
-        except aiohttp.ClientError as exc:
+        except _CLIENT_ERRORS as exc:
             raise UpstreamFailure(
                 jsonrpc.UPSTREAM_UNAVAILABLE, f"upstream {self.name}: {describe(exc)}"
             ) from None
@@ -170,6 +170,10 @@ class Reply:
         on_close, self.on_close = self.on_close, None
         if on_close is not None:
             on_close()
+
+
+# What either client raises when a request gets no (complete) answer.
+_CLIENT_ERRORS = (aiohttp.ClientError, http1.HttpError)
 
 
 @lru_cache(maxsize=1024)
@@ -190,9 +194,9 @@ def describe(exc: BaseException) -> str:
     return text.splitlines()[0][:200]
 
 
-def _why_unreachable(exc: aiohttp.ClientError) -> str:
-    """aiohttp's own words, without the "ssl:default" it adds for plain HTTP, where they are
-    about failing to connect or to resolve the host."""
+def _why_unreachable(exc: aiohttp.ClientError | http1.HttpError) -> str:
+    """The client's own words; aiohttp's without the "ssl:default" it adds for plain HTTP,
+    where they are about failing to connect or to resolve the host."""
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
         return f"the host name {exc.host} does not resolve"
     if type(exc) is aiohttp.ClientConnectorError:
@@ -222,8 +226,8 @@ class Upstream(DetectsEra):
     _shared_session: LegacySession | None = field(default=None, init=False)
     _shared_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
     # The HTTP clients, made on first use on the event loop that uses them.
-    _clients: dict[str, tuple[asyncio.AbstractEventLoop, aiohttp.ClientSession]] = field(
-        default_factory=dict, init=False
+    _clients: dict[str, tuple[asyncio.AbstractEventLoop, aiohttp.ClientSession | http1.Pool]] = (
+        field(default_factory=dict, init=False)
     )
     # Requests sent and not yet closed, to tell a full pool from a slow connect.
     _open: int = field(default=0, init=False)
@@ -234,12 +238,27 @@ class Upstream(DetectsEra):
 
     # -- raw HTTP ------------------------------------------------------------------
 
-    def _client(self, kind: str) -> aiohttp.ClientSession:
+    def _client(self, kind: str) -> aiohttp.ClientSession | http1.Pool:
         loop = asyncio.get_running_loop()
         made = self._clients.get(kind)
         if made is not None and made[0] is loop and not made[1].closed:
             return made[1]
         gateway = settings.GATEWAY
+        if self.url.startswith("http://") and _proxy(self.url)[0] is None:
+            # Calls share keep-alive connections, up to the limit; agents' GET streams
+            # stay open for as long as the agent listens, one upstream connection each,
+            # in a pool of their own, so that idle listeners never starve calls.
+            calls = kind == "calls"
+            pool = http1.Pool(
+                self.url,
+                limit=gateway["UPSTREAM_MAX_CONNECTIONS"] if calls else None,
+                keep_alive=calls,
+                wait_timeout=gateway["UPSTREAM_TIMEOUT"],
+                connect_timeout=gateway["UPSTREAM_CONNECT_TIMEOUT"],
+                read_timeout=gateway["UPSTREAM_TIMEOUT"],
+            )
+            self._clients[kind] = loop, pool
+            return pool
         timeout = aiohttp.ClientTimeout(
             total=None,
             # Waiting for a free connection of the pool, and connecting.
@@ -307,16 +326,21 @@ class Upstream(DetectsEra):
         if counted:
             self._open += 1
         try:
-            proxy, proxy_auth = _proxy(self.url)
-            response = await client.request(
-                method,
-                self.url,
-                data=body,
-                headers=headers,
-                allow_redirects=False,
-                proxy=proxy,
-                proxy_auth=proxy_auth,
-            )
+            if type(client) is http1.Pool:
+                response: aiohttp.ClientResponse | http1.Response = await client.request(
+                    method, headers, body
+                )
+            else:
+                proxy, proxy_auth = _proxy(self.url)
+                response = await client.request(
+                    method,
+                    self.url,
+                    data=body,
+                    headers=headers,
+                    allow_redirects=False,
+                    proxy=proxy,
+                    proxy_auth=proxy_auth,
+                )
         except BaseException as exc:
             if counted:
                 self._open -= 1
@@ -347,9 +371,15 @@ class Upstream(DetectsEra):
         """Why a request got no answer, as the agent is told it (None: not the upstream's
         doing, the exception goes on as it is)."""
         gateway = settings.GATEWAY
-        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        if isinstance(exc, http1.BadRequest):
+            return UpstreamFailure(jsonrpc.INVALID_REQUEST, f"cannot forward the request: {exc}")
+        if isinstance(
+            exc, (aiohttp.ConnectionTimeoutError, http1.ConnectTimeout, http1.PoolTimeout)
+        ):
             # The other requests still open fill the pool: this one waited for a connection.
-            if pool_wait and self._open >= gateway["UPSTREAM_MAX_CONNECTIONS"]:
+            if isinstance(exc, http1.PoolTimeout) or (
+                pool_wait and self._open >= gateway["UPSTREAM_MAX_CONNECTIONS"]
+            ):
                 return UpstreamFailure(
                     jsonrpc.UPSTREAM_UNAVAILABLE,
                     f"the gateway has {gateway['UPSTREAM_MAX_CONNECTIONS']} requests open to "
@@ -370,7 +400,7 @@ class Upstream(DetectsEra):
                 f"upstream {self.name} did not answer within {gateway['UPSTREAM_TIMEOUT']:g} s",
                 outcome="timeout",
             )
-        if isinstance(exc, aiohttp.ClientError):
+        if isinstance(exc, _CLIENT_ERRORS):
             self.forget_era()
             return UpstreamFailure(
                 jsonrpc.UPSTREAM_UNAVAILABLE,
@@ -473,7 +503,9 @@ class Upstream(DetectsEra):
         clients, self._clients = self._clients, {}
         loop = asyncio.get_running_loop()
         for made_on, client in clients.values():
-            if made_on is loop:
+            if type(client) is http1.Pool:
+                client.close()
+            elif made_on is loop:
                 await client.close()
 
 

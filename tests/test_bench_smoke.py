@@ -140,7 +140,7 @@ def test_gateway_bench_refuses_an_unknown_event_loop(monkeypatch):
     assert "Traceback" not in done.stderr
 
 
-def test_upstream_client_cost_prints_both_clients_per_round():
+def test_upstream_client_cost_prints_each_client_per_round():
     done = subprocess.run(
         [sys.executable, "-m", "bench.upstream_client_cost", "--requests", "50", "--rounds", "2"],
         cwd=ROOT,
@@ -153,8 +153,10 @@ def test_upstream_client_cost_prints_both_clients_per_round():
     lines = done.stdout.splitlines()
     assert lines[0] == "50 requests per client and round, answers of 10432 bytes"
     assert [line.split(":")[0] + " " + line.split()[2] for line in lines[1:]] == [
+        "round 1 gateway.http1",
         "round 1 aiohttp",
         "round 1 bare",
+        "round 2 gateway.http1",
         "round 2 aiohttp",
         "round 2 bare",
     ]
