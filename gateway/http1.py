@@ -13,6 +13,7 @@ Timeouts: a free connection is waited for `wait_timeout`, a new one connected wi
 
 import asyncio
 import collections
+import contextlib
 import os
 import socket
 from collections.abc import AsyncIterator
@@ -420,26 +421,25 @@ class Pool:
         if self.closed:
             raise HttpError("the client is closed")
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        while self._idle:
-            connection = self._idle.pop()
-            if not connection.closed and now - connection.idle_since < KEEP_ALIVE:
-                self._busy += 1
-                return connection
-            connection.close()
+        # First a place among the `limit` requests in use (in turn, when they are all
+        # taken), then a connection for it: an idle one, or a new one.
         if self.limit is not None and self._busy >= self.limit:
-            await self._wait_for_a_connection(loop)
-            if self._idle:
-                return await self._acquire()
-        self._busy += 1
+            await self._wait_for_a_place(loop)
+        else:
+            self._busy += 1
         try:
+            now = loop.time()
+            while self._idle:
+                connection = self._idle.pop()
+                if not connection.closed and now - connection.idle_since < KEEP_ALIVE:
+                    return connection
+                connection.close()
             _transport, connection = await asyncio.wait_for(
                 loop.create_connection(lambda: _Connection(self), self.host, self.port),
                 self.connect_timeout,
             )
         except BaseException as exc:
-            self._busy -= 1
-            self._wake()
+            self._give_back()
             if isinstance(exc, TimeoutError):
                 raise ConnectTimeout(
                     f"no connection to {self.host}:{self.port} within {self.connect_timeout:g} s"
@@ -449,49 +449,48 @@ class Pool:
             raise
         return connection
 
-    async def _wait_for_a_connection(self, loop: asyncio.AbstractEventLoop) -> None:
-        deadline = loop.time() + self.wait_timeout
-        while self._busy >= self.limit and not self._idle:  # type: ignore[operator]
-            waiter = loop.create_future()
-            self._waiters.append(waiter)
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await waiter
-            except TimeoutError:
+    async def _wait_for_a_place(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wait in turn until a request in use hands its place over (`_give_back`)."""
+        waiter = loop.create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(self.wait_timeout):
+                await waiter
+        except BaseException as exc:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                # Handed a place just as the wait ended: pass it on.
+                self._give_back()
+            else:
+                waiter.cancel()
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            if isinstance(exc, TimeoutError):
                 raise PoolTimeout(
                     f"{self.limit} requests open and none finished within {self.wait_timeout:g} s"
                 ) from None
-            except BaseException:
-                # Cancelled after being woken: pass the turn on.
-                if waiter.done() and not waiter.cancelled():
-                    self._wake()
-                raise
-            finally:
-                if not waiter.done():
-                    waiter.cancel()
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
+            raise
 
     def release(self, connection: _Connection, reusable: bool) -> None:
-        self._busy -= 1
         if reusable and self.keep_alive and not self.closed and not connection.closed:
             connection.idle_since = asyncio.get_running_loop().time()
             self._idle.append(connection)
         else:
             connection.close()
-        self._wake()
+        self._give_back()
 
-    def discard(self, connection: _Connection) -> None:
-        """A connection closed (by either side): an idle one leaves the pool."""
-        if connection in self._idle:
-            self._idle.remove(connection)
-
-    def _wake(self) -> None:
+    def _give_back(self) -> None:
+        """A request is done with its place: the first waiting one gets it."""
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
                 return
+        self._busy -= 1
+
+    def discard(self, connection: _Connection) -> None:
+        """A connection closed (by either side): an idle one leaves the pool."""
+        if connection in self._idle:
+            self._idle.remove(connection)
 
     def close(self) -> None:
         """Close the idle connections; those in use close when they are released."""

@@ -203,8 +203,12 @@ async def test_the_pool_limit_makes_calls_wait_and_a_long_wait_fails():
         await asyncio.sleep(0.1)
         with pytest.raises(http1.PoolTimeout):
             await client.request("POST", HEADERS, b"{}")
-        # A waiting call gets the connection when the one before it is done with it.
+        # A waiting call whose caller goes away leaves the line.
         client.wait_timeout = 5.0
+        gone = asyncio.ensure_future(client.request("POST", HEADERS, b"{}"))
+        await asyncio.sleep(0.05)
+        gone.cancel()
+        # A waiting call gets the connection when the one before it is done with it.
         second = asyncio.ensure_future(client.request("POST", HEADERS, b"{}"))
         await asyncio.sleep(0.1)
         assert not second.done()
@@ -215,7 +219,39 @@ async def test_the_pool_limit_makes_calls_wait_and_a_long_wait_fails():
         answer = await second
         assert await answer.read() == b"2"
         answer.release()
+        assert (client._busy, len(client._waiters)) == (0, 0)
     assert server.connections == 1
+
+
+async def test_many_calls_take_turns_on_the_pool_in_the_order_they_came():
+    def steady(server: Scripted) -> Handler:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while True:
+                body = await server.read_request(reader)
+                await asyncio.sleep(0.01)
+                writer.write(json_answer(body))
+                await writer.drain()
+
+        return handle
+
+    async with scripted(steady) as server:
+        client = pool(server.url, limit=2)
+        finished: list[int] = []
+
+        async def call(n: int) -> None:
+            answer = await client.request("POST", HEADERS, str(n).encode())
+            assert await answer.read() == str(n).encode()
+            answer.release()
+            finished.append(n)
+
+        calls = []
+        for n in range(30):
+            calls.append(asyncio.ensure_future(call(n)))
+            await asyncio.sleep(0)  # each call asks for its place before the next
+        await asyncio.gather(*calls)
+        assert finished == list(range(30))
+        assert (client._busy, len(client._waiters)) == (0, 0)
+    assert server.connections == 2
 
 
 async def test_an_answer_released_before_its_end_closes_its_connection():
