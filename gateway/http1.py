@@ -71,20 +71,21 @@ class BadAnswer(HttpError):
 
 
 class BadRequest(HttpError, ValueError):
-    """The request cannot be written (a header value with a line break)."""
+    """The request cannot be written (a header with a line break or a NUL)."""
 
 
 def _head(method: str, target: str, host: str, headers: dict[str, str], length: int) -> bytes:
     lines = [f"{method} {target} HTTP/1.1", f"host: {host}"]
     for name, value in headers.items():
         line = f"{name}: {value}"
-        if "\r" in line or "\n" in line:
-            raise BadRequest(f"the header {name!r} holds a line break")
+        if "\r" in line or "\n" in line or "\0" in line:
+            raise BadRequest(f"the header {name!r} holds a line break or a NUL")
         lines.append(line)
     if length or method == "POST":
         lines.append(f"content-length: {length}")
     lines.append("\r\n")
-    return "\r\n".join(lines).encode("latin-1")
+    # As aiohttp did: UTF-8 for what is not ASCII (a credential an admin typed, say).
+    return "\r\n".join(lines).encode()
 
 
 class Response:
@@ -212,7 +213,9 @@ class _Connection(asyncio.Protocol):
         self._parser: Any = None
         # A request is out and its answer not yet complete.
         self._active = False
+        # Bytes received while the head was incomplete; the headers' own size.
         self._head_size = 0
+        self._header_size = 0
         self._status = 0
         self._headers: dict[str, str] = {}
         self._head: asyncio.Future[Response] | None = None
@@ -220,7 +223,6 @@ class _Connection(asyncio.Protocol):
         self._until_close = False
         self._keep_alive = False
         self._paused = False
-        self._write_paused: asyncio.Future[None] | None = None
 
     # -- the request ---------------------------------------------------------------
 
@@ -228,19 +230,18 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         self._parser = httptools.HttpResponseParser(self)
         self._active = True
-        self._head_size = 0
+        self._head_size = self._header_size = 0
         self._headers = {}
         self._response = None
         self._keep_alive = False
         loop = asyncio.get_running_loop()
         self._head = head = loop.create_future()
+        # The transport keeps what the socket does not take at once (a body is at most
+        # what an agent may send); the answer's timer runs from here, as for a stalled read.
         if body and len(body) > 65536:
-            self.transport.write(data)
-            self.transport.write(body)
+            self.transport.writelines((data, body))
         else:
             self.transport.write(data + body if body else data)
-        if self._write_paused is not None:
-            await self._write_paused
         timer = loop.call_later(self.pool.read_timeout, _expire_head, head)
         try:
             return await head
@@ -248,7 +249,7 @@ class _Connection(asyncio.Protocol):
             timer.cancel()
 
     def finished(self, response: Response) -> None:
-        reusable = response._complete and self._keep_alive and not self.closed
+        reusable = response._complete and self._keep_alive and not self.closed and not self._paused
         self._response = None
         self.pool.release(self, reusable)
 
@@ -279,6 +280,9 @@ class _Connection(asyncio.Protocol):
             return
         try:
             self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._failed(BadAnswer("the upstream switched protocols (HTTP 101)"))
+            return
         except httptools.HttpParserError as exc:
             cause = exc.__context__
             if not isinstance(cause, BadAnswer):
@@ -291,36 +295,28 @@ class _Connection(asyncio.Protocol):
                 self._failed(BadAnswer(f"the upstream sent an HTTP head over {MAX_HEAD} bytes"))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
+        closed_here, self.closed = self.closed, True
         self._active = False
         self.pool.discard(self)
         response = self._response
         if response is not None and not response._complete:
-            if self._until_close and exc is None:
-                response._finish()
+            if closed_here:
+                response._fail(Disconnected("the gateway closed the connection mid-answer"))
+            elif self._until_close and exc is None:
+                response._finish()  # the end of a body that lasts until the close
             else:
                 response._fail(Disconnected("the upstream closed the connection mid-answer"))
         head = self._head
         if head is not None and not head.done():
             head.set_exception(Disconnected("the upstream closed the connection unanswered"))
-        waiter = self._write_paused
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def pause_writing(self) -> None:
-        if self._write_paused is None:
-            self._write_paused = asyncio.get_running_loop().create_future()
-
-    def resume_writing(self) -> None:
-        waiter, self._write_paused = self._write_paused, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
     # -- httptools callbacks ------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_size += len(name) + len(value)
-        if self._head_size > MAX_HEAD:
+        if self._response is not None:
+            return  # a chunked body's trailer: not part of the answer's headers
+        self._header_size += len(name) + len(value)
+        if self._header_size > MAX_HEAD:
             raise BadAnswer(f"the upstream sent an HTTP head over {MAX_HEAD} bytes")
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
@@ -332,7 +328,9 @@ class _Connection(asyncio.Protocol):
             raise BadAnswer("the upstream sent a second answer")
         status = self._parser.get_status_code()
         if 100 <= status < 200:
-            self._headers = {}  # an interim answer (100 Continue): the real one follows
+            # An interim answer (100 Continue): the real one follows.
+            self._headers = {}
+            self._head_size = self._header_size = 0
             return
         headers = self._headers
         self._until_close = (
@@ -355,6 +353,9 @@ class _Connection(asyncio.Protocol):
             return  # the end of an interim answer
         self._keep_alive = self._parser.should_keep_alive()
         self._active = False
+        # The answer is whole: a read stopped for a slow reader goes on (the connection may
+        # serve the next call).
+        self.resume()
         response._finish()
 
     def _failed(self, error: HttpError) -> None:
@@ -398,7 +399,10 @@ class Pool:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.closed = False
+        # Every open connection; the idle ones, the most recently used last.
+        self._open: set[_Connection] = set()
         self._idle: list[_Connection] = []
+        self._sweep: asyncio.TimerHandle | None = None
         self._busy = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
@@ -438,6 +442,10 @@ class Pool:
                 loop.create_connection(lambda: _Connection(self), self.host, self.port),
                 self.connect_timeout,
             )
+            if self.closed:
+                connection.close()
+                raise HttpError("the client is closed")
+            self._open.add(connection)
         except BaseException as exc:
             self._give_back()
             if isinstance(exc, TimeoutError):
@@ -472,11 +480,25 @@ class Pool:
 
     def release(self, connection: _Connection, reusable: bool) -> None:
         if reusable and self.keep_alive and not self.closed and not connection.closed:
-            connection.idle_since = asyncio.get_running_loop().time()
+            loop = asyncio.get_running_loop()
+            connection.idle_since = loop.time()
             self._idle.append(connection)
+            if self._sweep is None:
+                self._sweep = loop.call_later(KEEP_ALIVE, self._close_expired)
         else:
             connection.close()
         self._give_back()
+
+    def _close_expired(self) -> None:
+        """Close the connections idle for KEEP_ALIVE seconds (the oldest are first)."""
+        self._sweep = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while self._idle and now - self._idle[0].idle_since >= KEEP_ALIVE:
+            self._idle.pop(0).close()
+        if self._idle:
+            wait = KEEP_ALIVE - (now - self._idle[0].idle_since)
+            self._sweep = loop.call_later(wait, self._close_expired)
 
     def _give_back(self) -> None:
         """A request is done with its place: the first waiting one gets it."""
@@ -488,15 +510,21 @@ class Pool:
         self._busy -= 1
 
     def discard(self, connection: _Connection) -> None:
-        """A connection closed (by either side): an idle one leaves the pool."""
+        """A connection closed (by either side): it leaves the pool."""
+        self._open.discard(connection)
         if connection in self._idle:
             self._idle.remove(connection)
 
     def close(self) -> None:
-        """Close the idle connections; those in use close when they are released."""
+        """Close every connection, those in use too (their answers end with
+        `Disconnected`): after an edit of the connection, nothing goes on with the old URL
+        or credentials."""
         self.closed = True
-        idle, self._idle = self._idle, []
-        for connection in idle:
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+        self._idle = []
+        for connection in list(self._open):
             connection.close()
         while self._waiters:
             waiter = self._waiters.popleft()

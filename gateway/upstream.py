@@ -172,6 +172,19 @@ class Reply:
             on_close()
 
 
+@lru_cache(maxsize=1024)
+def _plain(url: str) -> bool:
+    """Whether `gateway.http1` serves the URL: http://, no proxy, no credentials in it
+    (aiohttp turns those into Basic authentication)."""
+    parsed = yarl.URL(url)
+    return (
+        parsed.scheme == "http"
+        and bool(parsed.raw_host)
+        and parsed.raw_user is None
+        and _proxy(url)[0] is None
+    )
+
+
 # What either client raises when a request gets no (complete) answer.
 _CLIENT_ERRORS = (aiohttp.ClientError, http1.HttpError)
 
@@ -244,7 +257,7 @@ class Upstream(DetectsEra):
         if made is not None and made[0] is loop and not made[1].closed:
             return made[1]
         gateway = settings.GATEWAY
-        if self.url.startswith("http://") and _proxy(self.url)[0] is None:
+        if _plain(self.url):
             # Calls share keep-alive connections, up to the limit; agents' GET streams
             # stay open for as long as the agent listens, one upstream connection each,
             # in a pool of their own, so that idle listeners never starve calls.
@@ -378,7 +391,9 @@ class Upstream(DetectsEra):
         ):
             # The other requests still open fill the pool: this one waited for a connection.
             if isinstance(exc, http1.PoolTimeout) or (
-                pool_wait and self._open >= gateway["UPSTREAM_MAX_CONNECTIONS"]
+                isinstance(exc, aiohttp.ConnectionTimeoutError)
+                and pool_wait
+                and self._open >= gateway["UPSTREAM_MAX_CONNECTIONS"]
             ):
                 return UpstreamFailure(
                     jsonrpc.UPSTREAM_UNAVAILABLE,

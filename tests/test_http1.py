@@ -420,3 +420,118 @@ async def test_a_slow_reader_of_a_stream_holds_a_bounded_buffer():
     assert total == 400 * 20_008
     # Reading stops past the limit; what one read of the socket brings may come on top.
     assert most <= http1.STREAM_BUFFER + 512 * 1024, most
+
+
+async def test_an_answer_whole_in_the_buffer_leaves_its_connection_reading():
+    # 300 KB come in reads that pass the stream buffer's limit, and the last of them ends
+    # the answer: the connection must not go back to the pool with its reading stopped.
+    big = json_answer(b"x" * 300_000)
+    async with scripted(answering(big, json_answer(b"next"))) as server:
+        client = pool(server.url, read_timeout=2.0)
+        answer = await client.request("POST", HEADERS, b"{}")
+        await asyncio.sleep(0.2)  # the whole answer arrives; nobody reads it
+        answer.release()
+        again = await client.request("POST", HEADERS, b"{}")
+        assert await again.read() == b"next"
+        again.release()
+
+
+async def test_a_large_body_to_an_upstream_that_stops_reading_times_out():
+    def never_reads(server: Scripted) -> Handler:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await asyncio.sleep(30)
+
+        return handle
+
+    async with scripted(never_reads) as server:
+        client = pool(server.url, read_timeout=0.5)
+        with pytest.raises(http1.ReadTimeout):
+            await asyncio.wait_for(client.request("POST", HEADERS, b"x" * 8_000_000), timeout=10)
+
+
+async def test_header_values_beyond_ascii_go_as_utf8_and_nul_is_refused():
+    async with scripted(answering(json_answer(b"ok"))) as server:
+        client = pool(server.url)
+        with pytest.raises(http1.BadRequest):
+            await client.request("POST", {"authorization": "Bearer a\0b"}, b"{}")
+        answer = await client.request("POST", {"authorization": "Bearer café"}, b"{}")
+        answer.release()
+    assert "authorization: Bearer café\r\n".encode() in server.requests[0]
+
+
+async def test_no_body_answers_connection_close_and_switching_protocols():
+    no_content = b"HTTP/1.1 204 No Content\r\n\r\n"
+    closing = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok"
+    async with scripted(answering(no_content, closing)) as server:
+        client = pool(server.url)
+        answer = await client.request("POST", HEADERS, b"{}")
+        assert (answer.status, await answer.read()) == (204, b"")
+        answer.release()
+        answer = await client.request("POST", HEADERS, b"{}")  # the same connection
+        assert await answer.read() == b"ok"
+        answer.release()
+        assert client._idle == []  # the upstream said it closes this one
+    assert server.connections == 1
+
+    upgrade = (
+        b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n"
+    )
+    async with scripted(answering(upgrade)) as server:
+        with pytest.raises(http1.BadAnswer, match="switched protocols"):
+            await pool(server.url).request("POST", HEADERS, b"{}")
+
+
+async def test_closing_the_pool_ends_the_answers_under_way():
+    ended = asyncio.Event()
+
+    def endless(server: Scripted) -> Handler:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await server.read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n")
+            await writer.drain()
+            await reader.read()  # until the client closes
+            ended.set()
+
+        return handle
+
+    async with scripted(endless) as server:
+        client = pool(server.url, keep_alive=False, limit=None)
+        answer = await client.request("GET", {"accept": "text/event-stream"})
+        client.close()
+        with pytest.raises(http1.Disconnected):
+            async for _chunk in answer.content.iter_any():
+                pass
+        await asyncio.wait_for(ended.wait(), 5)
+
+
+async def test_idle_connections_close_after_the_keep_alive_time(monkeypatch):
+    monkeypatch.setattr(http1, "KEEP_ALIVE", 0.3)
+    closed = asyncio.Event()
+
+    def keeps_open(server: Scripted) -> Handler:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await server.read_request(reader)
+            writer.write(json_answer(b"ok"))
+            await writer.drain()
+            await reader.read()  # until the client closes
+            closed.set()
+
+        return handle
+
+    async with scripted(keeps_open) as server:
+        client = pool(server.url)
+        answer = await client.request("POST", HEADERS, b"{}")
+        await answer.read()
+        answer.release()
+        assert len(client._idle) == 1
+        await asyncio.wait_for(closed.wait(), 5)
+        assert client._idle == []
+
+
+def test_urls_with_credentials_or_tls_stay_with_aiohttp():
+    from gateway.upstream import _plain
+
+    assert _plain("http://127.0.0.1:8080/mcp")
+    assert _plain("http://mcp.internal/mcp")
+    assert not _plain("https://mcp.example/mcp")
+    assert not _plain("http://user:secret@127.0.0.1:8080/mcp")
