@@ -2,6 +2,8 @@
 
 import asyncio
 import gc
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -202,6 +204,59 @@ async def test_a_write_stopped_midway_leaves_the_writer_able_to_write(transactio
     )
     # The stopped statement may still have committed once the lock came free.
     assert targets in (["tool-1", "tool-3"], ["tool-1", "tool-2", "tool-3"])
+
+
+async def test_the_writer_registers_its_socket_once_and_leaves_nothing_open(transactions):
+    """The writer waits for its statements' answers through one registration with the
+    event loop, kept between statements; psycopg's own statements on the same connection
+    (the locked append after another writer moved the head) still get their answers; and
+    closing the writer ends its session in the database (the watched socket is closed
+    with it)."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the writer keeps a connection of its own on Postgres only")
+    loop = asyncio.get_running_loop()
+    await writer.append(**request_fields(0))
+    registrations = []
+    real_add_reader = loop.add_reader
+
+    def add_reader(fd: int, callback: Any, *args: Any) -> None:
+        registrations.append(fd)
+        real_add_reader(fd, callback, *args)
+
+    loop.add_reader = add_reader  # type: ignore[method-assign]
+    try:
+        for n in range(1, 21):
+            await writer.append(**request_fields(n))
+        assert len(registrations) <= 1, registrations
+        # Another writer moves the head: the locked append runs through psycopg, then
+        # the writer's own appends go on.
+        await asyncio.to_thread(chain.append, **request_fields(21))
+        for n in range(22, 27):
+            await writer.append(**request_fields(n))
+    finally:
+        del loop.add_reader
+    result = await asyncio.to_thread(chain.verify)
+    assert result.ok and result.verified == 27, result
+
+    postgres = writer.writer()._postgres
+    socket = f"socket:[{os.fstat(postgres._connection.pgconn.socket).st_ino}]"
+
+    def holding() -> int:
+        fds = Path("/proc/self/fd")
+        return sum(1 for fd in fds.iterdir() if _link(fd) == socket)
+
+    assert holding() == 2  # libpq's socket and the watched duplicate
+    await postgres.aclose()
+    assert holding() == 0, "a descriptor of the writer's socket outlived its close"
+
+
+def _link(path: Any) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""
 
 
 def django_connection_objects() -> int:
