@@ -5,6 +5,11 @@ sets no limit, so a client could make the process buffer megabytes of headers on
 connection it opens. `HttpProtocol` refuses a request whose head (request line and
 headers) goes past MAX_HEAD_BYTES with 431, before the application sees it.
 
+Answers: uvicorn writes a response's head as soon as the application starts it and the
+body in a write of its own, so every answer costs two system calls and reaches the client
+as two TCP segments. `HttpProtocol` gives each response a transport that holds the head
+until the next write and sends both in one (`HeadWithBody`).
+
 Start: the log says which event loop serves (uvloop or asyncio; see `mcpgw.serve`).
 
 Shutdown: uvicorn stops on SIGTERM or SIGINT: it stops accepting connections, lets the
@@ -71,7 +76,11 @@ class HttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        before = self.cycle
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not before and cycle is not None:  # not an upgrade (WebSocket)
+            cycle.transport = HeadWithBody(self.transport, self.loop)
 
     def on_message_complete(self) -> None:
         self._in_head, self._head_seen, self._tail = True, 0, b""
@@ -85,6 +94,52 @@ class HttpProtocol(HttpToolsProtocol):
         )
         self.transport.write(HEAD_TOO_LARGE)
         self.transport.close()
+
+
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class HeadWithBody:
+    """The connection's transport as one of uvicorn's response cycles writes to it: the
+    response's head waits for the cycle's next write and leaves with it, in one system
+    call; a head whose body does not follow in the same turn of the event loop (a stream's,
+    which waits for its first event) leaves at the end of that turn. Everything else is
+    the transport's own."""
+
+    __slots__ = ("_held", "_loop", "_started", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+        self._started = False
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.writelines((held, data))
+        elif self._started or data == CONTINUE:
+            self._transport.write(data)
+        else:
+            self._started = True  # the first write of a response is its head
+            self._held = data
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        held, self._held = self._held, None
+        if held is not None and not self._transport.is_closing():
+            self._transport.write(held)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class AccessFormatter(logging.Formatter):

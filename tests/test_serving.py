@@ -104,6 +104,42 @@ def test_an_http_1_0_client_gets_a_sized_answer(gateway: Server) -> None:
     assert json.loads(body)["error"]["code"] == -32600
 
 
+def _segments_received(connection: socket.socket) -> int:
+    """TCP segments with data that the socket has received (Linux's tcp_info)."""
+    info = connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    return int.from_bytes(info[152:156], sys.byteorder)  # tcpi_data_segs_in
+
+
+def _read_answer(connection: socket.socket) -> bytes:
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += connection.recv(65536)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    length = int(re.search(rb"content-length: (\d+)", head.lower()).group(1))
+    while len(body) < length:
+        body += connection.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_answer_reaches_the_client_in_one_segment(gateway: Server) -> None:
+    """The head and the body of an answer leave in one write: the agent reads one TCP
+    segment per answer, not two (loopback carries up to 64 KiB in one)."""
+    refused = (
+        b"POST /mcp/none HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Accept: application/json, text/event-stream\r\nContent-Length: 1\r\n\r\n{"
+    )
+    health = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as connection:
+        for request, status in [(refused, b" 401 "), (health, b" 200 ")] * 3:
+            before = _segments_received(connection)
+            connection.sendall(request)
+            answer = _read_answer(connection)
+            assert status in answer.split(b"\r\n", 1)[0], answer
+            time.sleep(0.05)  # nothing more comes
+            assert _segments_received(connection) - before == 1, answer
+
+
 def call_add(gateway: Server, token: str, **headers: str) -> None:
     """A 2026-07-28 call of the legacy upstream's `add`, answered through the gateway."""
     answer = httpx.post(
