@@ -43,7 +43,7 @@ STEPS = (
     ("audit: _stored_result (mask, canonical, sha256)", r"^_stored_result \(audit/recorder\.py"),
     ("audit: redact() of arguments and result", r"^redact \(audit/recorder\.py"),
     ("mask for the agent", r"^mask \(gateway/pipeline\.py"),
-    ("upstream request (aiohttp)", r"^Upstream\.send \(gateway/upstream\.py"),
+    ("upstream request", r"^Upstream\.send \(gateway/upstream\.py"),
     ("upstream body read + json.loads", r"^Reply\.read_message \(gateway/upstream\.py"),
     ("response JSON to agent (dumps)", r"^Exchange\.respond_json \(gateway/endpoint\.py"),
     ("request parse (jsonrpc.parse)", r"^parse \(gateway/jsonrpc\.py"),
