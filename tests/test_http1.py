@@ -12,7 +12,9 @@ import pytest
 
 from gateway import http1
 
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+Reader = asyncio.StreamReader
+Writer = asyncio.StreamWriter
+Handler = Callable[[Reader, Writer], Awaitable[None]]
 
 
 class Scripted:
@@ -56,6 +58,13 @@ async def scripted(handler: Callable[[Scripted], Handler]) -> AsyncIterator[Scri
         server.server.close()
 
 
+def script(
+    handle: Callable[[Scripted, Reader, Writer], Awaitable[None]],
+) -> Callable[[Scripted], Handler]:
+    """A server's script, written as one function of the server and the connection."""
+    return lambda server: lambda reader, writer: handle(server, reader, writer)
+
+
 def pool(url: str, **options: float | int | bool | None) -> http1.Pool:
     settings: dict = {
         "limit": 10,
@@ -71,15 +80,13 @@ def pool(url: str, **options: float | int | bool | None) -> http1.Pool:
 def answering(*answers: bytes) -> Callable[[Scripted], Handler]:
     """Answer each request on a connection with the next of `answers`, then wait."""
 
-    def make(server: Scripted) -> Handler:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            for answer in answers:
-                await server.read_request(reader)
-                writer.write(answer)
-                await writer.drain()
-            await reader.read()
-
-        return handle
+    @script
+    async def make(server: Scripted, reader: Reader, writer: Writer) -> None:
+        for answer in answers:
+            await server.read_request(reader)
+            writer.write(answer)
+            await writer.drain()
+        await reader.read()
 
     return make
 
@@ -96,6 +103,15 @@ def json_answer(body: bytes, extra: bytes = b"") -> bytes:
 
 
 HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+
+
+async def fetch(client: http1.Pool) -> bytes:
+    """POST a call and read its whole answer."""
+    answer = await client.request("POST", HEADERS, b"{}")
+    try:
+        return await answer.read()
+    finally:
+        answer.release()
 
 
 async def test_calls_share_one_keep_alive_connection_and_send_what_was_asked():
@@ -124,50 +140,38 @@ async def test_chunked_and_until_close_bodies_are_read_whole():
     )
     async with scripted(answering(chunked, json_answer(b"x"))) as server:
         client = pool(server.url)
-        answer = await client.request("POST", HEADERS, b"{}")
-        assert await answer.read() == b"abcdefg"
-        answer.release()
-        again = await client.request("POST", HEADERS, b"{}")
-        assert await again.read() == b"x"
-        again.release()
+        assert await fetch(client) == b"abcdefg"
+        assert await fetch(client) == b"x"
     assert server.connections == 1
 
-    def until_close(server: Scripted) -> Handler:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await server.read_request(reader)
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nto the")
-            await writer.drain()
-            await asyncio.sleep(0.05)
-            writer.write(b" end")
-
-        return handle
+    @script
+    async def until_close(server: Scripted, reader: Reader, writer: Writer) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nto the")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b" end")
 
     async with scripted(until_close) as server:
         client = pool(server.url)
-        answer = await client.request("POST", HEADERS, b"{}")
-        assert await answer.read() == b"to the end"
-        answer.release()
+        assert await fetch(client) == b"to the end"
         # Such a connection is never reused.
-        answer = await client.request("POST", HEADERS, b"{}")
-        assert await answer.read() == b"to the end"
-        answer.release()
+        assert await fetch(client) == b"to the end"
     assert server.connections == 2
 
 
 async def test_a_streamed_body_is_handed_over_as_it_comes():
     second_sent = asyncio.Event()
 
-    def stream(server: Scripted) -> Handler:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await server.read_request(reader)
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n")
-            writer.write(b"data: one\n\n")
-            await writer.drain()
-            await asyncio.sleep(0.3)
-            second_sent.set()
-            writer.write(b"data: two\n\n")
-
-        return handle
+    @script
+    async def stream(server: Scripted, reader: Reader, writer: Writer) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n")
+        writer.write(b"data: one\n\n")
+        await writer.drain()
+        await asyncio.sleep(0.3)
+        second_sent.set()
+        writer.write(b"data: two\n\n")
 
     async with scripted(stream) as server:
         client = pool(server.url)
@@ -186,16 +190,14 @@ async def test_a_streamed_body_is_handed_over_as_it_comes():
 async def test_the_pool_limit_makes_calls_wait_and_a_long_wait_fails():
     release_first = asyncio.Event()
 
-    def slow_first(server: Scripted) -> Handler:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            while True:
-                await server.read_request(reader)
-                if len(server.requests) == 1:
-                    await release_first.wait()
-                writer.write(json_answer(str(len(server.requests)).encode()))
-                await writer.drain()
-
-        return handle
+    @script
+    async def slow_first(server: Scripted, reader: Reader, writer: Writer) -> None:
+        while True:
+            await server.read_request(reader)
+            if len(server.requests) == 1:
+                await release_first.wait()
+            writer.write(json_answer(str(len(server.requests)).encode()))
+            await writer.drain()
 
     async with scripted(slow_first) as server:
         client = pool(server.url, limit=1, wait_timeout=0.5)
@@ -224,15 +226,13 @@ async def test_the_pool_limit_makes_calls_wait_and_a_long_wait_fails():
 
 
 async def test_many_calls_take_turns_on_the_pool_in_the_order_they_came():
-    def steady(server: Scripted) -> Handler:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            while True:
-                body = await server.read_request(reader)
-                await asyncio.sleep(0.01)
-                writer.write(json_answer(body))
-                await writer.drain()
-
-        return handle
+    @script
+    async def steady(server: Scripted, reader: Reader, writer: Writer) -> None:
+        while True:
+            body = await server.read_request(reader)
+            await asyncio.sleep(0.01)
+            writer.write(json_answer(body))
+            await writer.drain()
 
     async with scripted(steady) as server:
         client = pool(server.url, limit=2)
@@ -255,29 +255,25 @@ async def test_many_calls_take_turns_on_the_pool_in_the_order_they_came():
 
 
 async def test_an_answer_released_before_its_end_closes_its_connection():
-    def partial_then_whole(server: Scripted) -> Handler:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await server.read_request(reader)
-            if server.connections == 1:
-                # Half of the body, then nothing: the connection cannot serve another call.
-                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabcde")
+    @script
+    async def partial_then_whole(server: Scripted, reader: Reader, writer: Writer) -> None:
+        await server.read_request(reader)
+        if server.connections == 1:
+            # Half of the body, then nothing: the connection cannot serve another call.
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabcde")
+            await writer.drain()
+            await reader.read()
+        else:
+            while True:
+                writer.write(json_answer(b"whole"))
                 await writer.drain()
-                await reader.read()
-            else:
-                while True:
-                    writer.write(json_answer(b"whole"))
-                    await writer.drain()
-                    await server.read_request(reader)
-
-        return handle
+                await server.read_request(reader)
 
     async with scripted(partial_then_whole) as server:
         client = pool(server.url)
         answer = await client.request("POST", HEADERS, b"{}")
         answer.release()
-        again = await client.request("POST", HEADERS, b"{}")
-        assert await again.read() == b"whole"
-        again.release()
+        assert await fetch(client) == b"whole"
         # An answer read to its end leaves its connection for the next call.
         last = await client.request("POST", HEADERS, b"{}")
         last.release()
@@ -285,45 +281,37 @@ async def test_an_answer_released_before_its_end_closes_its_connection():
 
 
 async def test_a_connection_the_upstream_closed_while_idle_is_not_used_again():
-    def one_per_connection(server: Scripted) -> Handler:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await server.read_request(reader)
-            writer.write(json_answer(b"ok"))
-            await writer.drain()
-
-        return handle
+    @script
+    async def one_per_connection(server: Scripted, reader: Reader, writer: Writer) -> None:
+        await server.read_request(reader)
+        writer.write(json_answer(b"ok"))
+        await writer.drain()
 
     async with scripted(one_per_connection) as server:
         client = pool(server.url)
         for _ in range(3):
-            answer = await client.request("POST", HEADERS, b"{}")
-            assert await answer.read() == b"ok"
-            answer.release()
+            assert await fetch(client) == b"ok"
             await asyncio.sleep(0.1)  # the server closes; the client sees it
     assert server.connections == 3
 
 
 async def test_silence_and_a_stalled_body_time_out():
-    def silent(server: Scripted) -> Handler:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await server.read_request(reader)
-            await reader.read()
-
-        return handle
+    @script
+    async def silent(server: Scripted, reader: Reader, writer: Writer) -> None:
+        await server.read_request(reader)
+        await reader.read()
 
     async with scripted(silent) as server:
         client = pool(server.url, read_timeout=0.3)
         with pytest.raises(http1.ReadTimeout):
             await client.request("POST", HEADERS, b"{}")
 
-    def stalled(server: Scripted) -> Handler:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await server.read_request(reader)
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc")
-            await writer.drain()
-            await reader.read()
-
-        return handle
+    @script
+    async def stalled(server: Scripted, reader: Reader, writer: Writer) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc")
+        await writer.drain()
+        await reader.read()
 
     async with scripted(stalled) as server:
         client = pool(server.url, read_timeout=0.3)
@@ -334,12 +322,10 @@ async def test_silence_and_a_stalled_body_time_out():
 
 
 async def test_an_answer_cut_short_or_not_http_is_an_error():
-    def cut(server: Scripted) -> Handler:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await server.read_request(reader)
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc")
-
-        return handle
+    @script
+    async def cut(server: Scripted, reader: Reader, writer: Writer) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc")
 
     async with scripted(cut) as server:
         answer = await pool(server.url).request("POST", HEADERS, b"{}")
@@ -355,11 +341,9 @@ async def test_an_answer_cut_short_or_not_http_is_an_error():
         with pytest.raises(http1.BadAnswer, match="head over 65536 bytes"):
             await pool(server.url).request("POST", HEADERS, b"{}")
 
-    def hang_up(server: Scripted) -> Handler:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await server.read_request(reader)
-
-        return handle
+    @script
+    async def hang_up(server: Scripted, reader: Reader, writer: Writer) -> None:
+        await server.read_request(reader)
 
     async with scripted(hang_up) as server:
         with pytest.raises(http1.Disconnected, match="unanswered"):
@@ -391,22 +375,18 @@ async def test_a_header_with_a_line_break_is_never_sent():
         client = pool(server.url)
         with pytest.raises(http1.BadRequest, match="line break"):
             await client.request("POST", {**HEADERS, "mcp-method": "a\r\nx-injected: 1"}, b"{}")
-        answer = await client.request("POST", HEADERS, b"{}")
-        assert await answer.read() == b"x"
-        answer.release()
+        assert await fetch(client) == b"x"
     assert len(server.requests) == 1 and b"x-injected" not in server.requests[0]
 
 
 async def test_a_slow_reader_of_a_stream_holds_a_bounded_buffer():
-    def firehose(server: Scripted) -> Handler:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await server.read_request(reader)
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n")
-            for _ in range(400):  # 8 MB in all
-                writer.write(b"data: " + b"z" * 20_000 + b"\n\n")
-                await writer.drain()
-
-        return handle
+    @script
+    async def firehose(server: Scripted, reader: Reader, writer: Writer) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n")
+        for _ in range(400):  # 8 MB in all
+            writer.write(b"data: " + b"z" * 20_000 + b"\n\n")
+            await writer.drain()
 
     async with scripted(firehose) as server:
         answer = await pool(server.url).request("GET", {"accept": "text/event-stream"})
@@ -431,17 +411,13 @@ async def test_an_answer_whole_in_the_buffer_leaves_its_connection_reading():
         answer = await client.request("POST", HEADERS, b"{}")
         await asyncio.sleep(0.2)  # the whole answer arrives; nobody reads it
         answer.release()
-        again = await client.request("POST", HEADERS, b"{}")
-        assert await again.read() == b"next"
-        again.release()
+        assert await fetch(client) == b"next"
 
 
 async def test_a_large_body_to_an_upstream_that_stops_reading_times_out():
-    def never_reads(server: Scripted) -> Handler:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await asyncio.sleep(30)
-
-        return handle
+    @script
+    async def never_reads(server: Scripted, reader: Reader, writer: Writer) -> None:
+        await asyncio.sleep(30)
 
     async with scripted(never_reads) as server:
         client = pool(server.url, read_timeout=0.5)
@@ -484,15 +460,13 @@ async def test_no_body_answers_connection_close_and_switching_protocols():
 async def test_closing_the_pool_ends_the_answers_under_way():
     ended = asyncio.Event()
 
-    def endless(server: Scripted) -> Handler:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await server.read_request(reader)
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n")
-            await writer.drain()
-            await reader.read()  # until the client closes
-            ended.set()
-
-        return handle
+    @script
+    async def endless(server: Scripted, reader: Reader, writer: Writer) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n")
+        await writer.drain()
+        await reader.read()  # until the client closes
+        ended.set()
 
     async with scripted(endless) as server:
         client = pool(server.url, keep_alive=False, limit=None)
@@ -508,15 +482,13 @@ async def test_idle_connections_close_after_the_keep_alive_time(monkeypatch):
     monkeypatch.setattr(http1, "KEEP_ALIVE", 0.3)
     closed = asyncio.Event()
 
-    def keeps_open(server: Scripted) -> Handler:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await server.read_request(reader)
-            writer.write(json_answer(b"ok"))
-            await writer.drain()
-            await reader.read()  # until the client closes
-            closed.set()
-
-        return handle
+    @script
+    async def keeps_open(server: Scripted, reader: Reader, writer: Writer) -> None:
+        await server.read_request(reader)
+        writer.write(json_answer(b"ok"))
+        await writer.drain()
+        await reader.read()  # until the client closes
+        closed.set()
 
     async with scripted(keeps_open) as server:
         client = pool(server.url)
