@@ -269,11 +269,10 @@ async def _run(
     event loop, as psycopg does: flush while the socket takes more, read while libpq is
     busy. Raises the error psycopg would for an error result; a connection that breaks
     raises psycopg.OperationalError and leaves the connection broken."""
-    loop = asyncio.get_running_loop()
-    fd = pgconn.socket
     send()
-    while pgconn.flush():
-        await _ready(loop.add_writer, loop.remove_writer, fd)
+    while pgconn.flush():  # rare: a batch larger than the socket takes at once
+        loop = asyncio.get_running_loop()
+        await _ready(loop.add_writer, loop.remove_writer, pgconn.socket)
     results = []
     while True:
         pgconn.consume_input()

@@ -167,7 +167,9 @@ class Response:
             raise self._error
         loop = asyncio.get_running_loop()
         self._waiter = loop.create_future()
-        timer = loop.call_later(self._connection.pool.read_timeout, _expire, self._waiter)
+        timer = loop.call_later(
+            self._connection.pool.read_timeout, _time_out, self._waiter, "sent nothing for"
+        )
         try:
             await self._waiter
         finally:
@@ -197,9 +199,9 @@ class Response:
             waiter.set_result(None)
 
 
-def _expire(waiter: asyncio.Future[None]) -> None:
+def _time_out(waiter: asyncio.Future[Any], what: str) -> None:
     if not waiter.done():
-        waiter.set_exception(ReadTimeout("the upstream sent nothing for the read timeout"))
+        waiter.set_exception(ReadTimeout(f"the upstream {what} the read timeout"))
 
 
 class _Connection(asyncio.Protocol):
@@ -216,7 +218,6 @@ class _Connection(asyncio.Protocol):
         # Bytes received while the head was incomplete; the headers' own size.
         self._head_size = 0
         self._header_size = 0
-        self._status = 0
         self._headers: dict[str, str] = {}
         self._head: asyncio.Future[Response] | None = None
         self._response: Response | None = None
@@ -228,7 +229,6 @@ class _Connection(asyncio.Protocol):
 
     async def request(self, data: bytes, body: bytes | None) -> Response:
         assert self.transport is not None
-        self._parser = httptools.HttpResponseParser(self)
         self._active = True
         self._head_size = self._header_size = 0
         self._headers = {}
@@ -242,7 +242,7 @@ class _Connection(asyncio.Protocol):
             self.transport.writelines((data, body))
         else:
             self.transport.write(data + body if body else data)
-        timer = loop.call_later(self.pool.read_timeout, _expire_head, head)
+        timer = loop.call_later(self.pool.read_timeout, _time_out, head, "did not answer within")
         try:
             return await head
         finally:
@@ -272,6 +272,8 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        # One parser for the connection's answers, one after the other.
+        self._parser = httptools.HttpResponseParser(self)
 
     def data_received(self, data: bytes) -> None:
         if not self._active:
@@ -367,11 +369,6 @@ class _Connection(asyncio.Protocol):
         self.close()
 
 
-def _expire_head(head: asyncio.Future[Response]) -> None:
-    if not head.done():
-        head.set_exception(ReadTimeout("the upstream did not answer within the read timeout"))
-
-
 class Pool:
     """Keep-alive connections to one upstream, at most `limit` in use at once (None: no
     limit); with `keep_alive` False, each connection serves one request."""
@@ -417,7 +414,6 @@ class Pool:
             return await connection.request(data, body)
         except BaseException:
             # No answer, or the caller went away mid-request: the connection is spent.
-            connection.close()
             self.release(connection, False)
             raise
 
@@ -432,12 +428,11 @@ class Pool:
         else:
             self._busy += 1
         try:
-            now = loop.time()
+            # Idle connections past KEEP_ALIVE are closed by `_close_expired`.
             while self._idle:
                 connection = self._idle.pop()
-                if not connection.closed and now - connection.idle_since < KEEP_ALIVE:
+                if not connection.closed:
                     return connection
-                connection.close()
             _transport, connection = await asyncio.wait_for(
                 loop.create_connection(lambda: _Connection(self), self.host, self.port),
                 self.connect_timeout,
