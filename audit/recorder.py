@@ -128,8 +128,8 @@ async def record_outcome(call: "Call", outcome: str, response: dict[str, Any] | 
     # If every attempt fails the reconciler closes the call as "unknown".
     for attempt in range(OUTCOME_RETRIES):
         try:
-            # The agent has its answer: the record may wait a moment to share the next
-            # call's commit.
+            # The agent has its answer: on SQLite the record may wait a moment to share
+            # the next call's commit.
             await writer.append_lingering(**fields)
             return
         except Exception:

@@ -6,10 +6,13 @@ log, so one transaction per record caps the whole gateway at a few hundred recor
 second, shared by all processes. Here, the records that calls of one process ask for while
 a commit is under way wait for it to end and then go together, in one transaction: each
 caller still returns only once its own record is committed (write-ahead holds), but under
-load many records share one lock and one flush. A lone call pays nothing extra: its
-request record is written at once. Its outcome record, which nothing waits on (the agent
-already has its answer), may wait a moment for the next call's request record and share
-its commit (`LINGER_SECONDS`).
+load many records share one lock and one flush. A record that finds the writer idle is
+written at once, whether a call waits on it (a request record) or not (an outcome record,
+written after the agent has its answer). At one client, a call's outcome is then committed
+while the gateway reads and checks the next call, instead of riding on that call's request
+record and lengthening its commit. Only the embedded database (SQLite, where every
+transaction is a trip to a worker thread and a commit of the file) lets an outcome record
+wait a moment for the next call's request record to share its commit (`LINGER_SECONDS`).
 
 If a batch fails, its records are retried one by one, so one bad record cannot fail the
 calls that happened to share its transaction.
@@ -41,10 +44,10 @@ log = logging.getLogger(__name__)
 
 # The most records one transaction takes; more wait for the next.
 MAX_BATCH = 256
-# How long a record that nothing waits on to go ahead (a call's outcome, written after the
-# agent has its answer) may wait for other records to share its transaction: under
-# steady use, the next call's request record, which is written at once and takes the
-# waiting outcome with it, so that a call costs one commit instead of two.
+# On SQLite (see `_lingers`), how long a record that nothing waits on to go ahead (a call's
+# outcome, written after the agent has its answer) may wait for other records to share its
+# transaction: under steady use, the next call's request record, which is written at once
+# and takes the waiting outcome with it, so that a call costs one commit instead of two.
 LINGER_SECONDS = 0.002
 
 _append_many_in_thread = sync_to_async(chain.append_many, thread_sensitive=False)
@@ -317,6 +320,15 @@ async def _checkpoint(record: AuditRecord) -> None:
         log.exception("could not write the audit checkpoint at record %d", record.seq)
 
 
+def _lingers() -> bool:
+    """Whether a record that nothing waits on waits for others (`LINGER_SECONDS`): on
+    SQLite, where each transaction is a trip to a worker thread and a commit of the file.
+    Not on Postgres: there an outcome committed at once is written while the gateway reads
+    the next call (at one client, that call's commit carries only its own record), and
+    under load the records that come during a commit share the next one anyway."""
+    return backend(AuditHead.objects.db).vendor != "postgresql"
+
+
 class GroupWriter:
     """Batches appends from one event loop."""
 
@@ -334,14 +346,14 @@ class GroupWriter:
     async def append(self, fields: dict[str, Any], *, linger: bool = False) -> AuditRecord:
         """Append one record; returns once it is committed, raises if it could not be.
 
-        linger: the record may wait up to LINGER_SECONDS for others to share its
-        transaction (nothing else waits for it to be written)."""
+        linger: nothing else waits for the record to be written; on SQLite it may wait up
+        to LINGER_SECONDS for others to share its transaction (`_lingers`)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[AuditRecord] = loop.create_future()
         # A caller that stopped waiting leaves the failure to the log, not to asyncio's.
         future.add_done_callback(lambda done: done.cancelled() or done.exception())
         self._pending.append((fields, future))
-        if not linger or len(self._pending) >= MAX_BATCH:
+        if not linger or len(self._pending) >= MAX_BATCH or not _lingers():
             self._write_now()
         elif self._linger is None:
             self._linger = loop.call_later(LINGER_SECONDS, self._write_now)

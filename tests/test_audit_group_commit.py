@@ -340,10 +340,88 @@ def test_the_postgres_statements_do_not_grow_with_the_batch():
     assert chain.insert_statement(records[:1])[0] == chain.insert_statement(records)[0]
 
 
-async def test_an_outcome_waits_briefly_to_share_the_next_request_commit(transactions):
-    """A call's outcome record, written after the agent has its answer, may wait a moment
-    for the next call's request record: the two go in one transaction. The request record
-    itself never waits."""
+@pytest.fixture
+def held_first_write(monkeypatch: pytest.MonkeyPatch, transactions: list[int]) -> asyncio.Event:
+    """The writer's next transaction stays under way until the returned event is set."""
+    release = asyncio.Event()
+    counted = writer.GroupWriter._append_many
+    held = [True]
+
+    async def slow(self: writer.GroupWriter, rows: list[dict[str, Any]]) -> list[AuditRecord]:
+        if held[0]:
+            held[0] = False
+            await release.wait()
+        return await counted(self, rows)
+
+    monkeypatch.setattr(writer.GroupWriter, "_append_many", slow)
+    return release
+
+
+async def test_on_postgres_an_outcome_record_goes_at_once(transactions, held_first_write):
+    """A call's outcome record (nothing waits on it) does not wait for other records to come:
+    its transaction starts as it is asked for."""
+    outcome = asyncio.ensure_future(
+        writer.append_lingering(**request_fields(1, kind=Kind.CALL_OUTCOME))
+    )
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    # Its transaction is under way (held), with it alone in it.
+    assert writer.writer()._pending == []
+    held_first_write.set()
+    record = await asyncio.wait_for(outcome, 5)
+    assert transactions == [1]
+    assert record.kind == Kind.CALL_OUTCOME
+
+
+async def test_records_asked_for_while_a_transaction_runs_share_the_next(
+    transactions, held_first_write
+):
+    """An outcome and the next call's request record, asked for while the writer is busy,
+    go together in its next transaction; the chain stays whole."""
+    first = asyncio.ensure_future(writer.append(**request_fields(0)))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    outcome = asyncio.ensure_future(
+        writer.append_lingering(**request_fields(1, kind=Kind.CALL_OUTCOME))
+    )
+    request = asyncio.ensure_future(writer.append(**request_fields(2)))
+    await asyncio.sleep(0.05)
+    assert not (first.done() or outcome.done() or request.done())
+    held_first_write.set()
+    records = await asyncio.wait_for(asyncio.gather(first, outcome, request), 5)
+    assert transactions == [1, 2]
+    assert [r.seq for r in records] == [records[0].seq + n for n in range(3)]
+    result = await asyncio.to_thread(chain.verify)
+    assert result.ok, result.error
+
+
+async def test_flush_waits_for_the_records_under_way(transactions, held_first_write):
+    first = asyncio.ensure_future(writer.append(**request_fields(0)))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    second = asyncio.ensure_future(
+        writer.append_lingering(**request_fields(1, kind=Kind.CALL_OUTCOME))
+    )
+    flushed = asyncio.ensure_future(writer.flush())
+    await asyncio.sleep(0.05)
+    assert not flushed.done()
+    held_first_write.set()
+    await asyncio.wait_for(flushed, 5)
+    assert first.done() and second.done()
+    assert (await second).kind == Kind.CALL_OUTCOME
+    assert transactions == [1, 1]
+
+
+@pytest.fixture
+def lingering(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outcome records wait for others, as on the embedded database (SQLite)."""
+    monkeypatch.setattr(writer, "_lingers", lambda: True)
+
+
+async def test_where_outcomes_linger_one_shares_the_next_request_commit(transactions, lingering):
+    """On SQLite a call's outcome record, written after the agent has its answer, may wait a
+    moment for the next call's request record: the two go in one transaction. The request
+    record itself never waits."""
     await writer.append(**request_fields(0))  # the writer's connection, made once
     transactions.clear()
     outcome = asyncio.ensure_future(
@@ -359,7 +437,7 @@ async def test_an_outcome_waits_briefly_to_share_the_next_request_commit(transac
     assert result.ok, result.error
 
 
-async def test_an_outcome_alone_is_written_after_the_linger(transactions):
+async def test_where_outcomes_linger_one_alone_is_written_after_the_linger(transactions, lingering):
     await writer.append(**request_fields(0))
     transactions.clear()
     loop = asyncio.get_running_loop()
@@ -373,7 +451,7 @@ async def test_an_outcome_alone_is_written_after_the_linger(transactions):
     assert stored == Kind.CALL_OUTCOME
 
 
-async def test_flush_writes_waiting_records_at_once(transactions, monkeypatch):
+async def test_flush_writes_lingering_records_at_once(transactions, lingering, monkeypatch):
     # A linger far longer than the test: only flush can write the record.
     monkeypatch.setattr(writer, "LINGER_SECONDS", 60.0)
     await writer.append(**request_fields(0))
