@@ -27,7 +27,7 @@ import pytest
 from django.apps import apps
 from django.conf import settings as django_settings
 from django.core.management import CommandError, call_command
-from django.db import DatabaseError, connection, connections, transaction
+from django.db import DatabaseError, IntegrityError, connection, connections, transaction
 from django.db.models import F
 from django.utils.timezone import now
 
@@ -263,6 +263,31 @@ def test_large_values_are_compressed_with_lz4_where_postgres_has_it():
     stored = AuditRecord.objects.get(seq=record.seq)
     assert stored.result == {"text": text}
     assert stored.compute_hash() == stored.hash
+
+
+@pytest.mark.django_db
+def test_a_record_hash_has_its_unique_index_and_no_other():
+    """Every record updates each index of the table: the hash keeps the one that makes it
+    unique, not the LIKE-prefix index Django adds for a unique text column on Postgres."""
+    needs_postgres()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT indexdef FROM pg_indexes WHERE tablename = 'audit_auditrecord' "
+            "AND indexdef LIKE '%%(hash%%'"
+        )
+        definitions = [definition for (definition,) in cursor.fetchall()]
+    assert len(definitions) == 1, definitions
+    assert definitions[0].startswith("CREATE UNIQUE INDEX")
+    record = chain.append(kind=Kind.EVENT, event="test.event")
+    with pytest.raises(IntegrityError), transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO audit_auditrecord (seq, created_at, kind, event, username, token, "
+            "run_label, subject, client_address, user_agent, connection, session, era, "
+            "method, target, request_id, result_digest, outcome, details, prev_hash, hash) "
+            "VALUES (%s, now(), 'event', 'copy', '', '', '', '', '', '', '', '', '', '', '', "
+            "'', '', '', '{}', %s, %s)",
+            [record.seq + 1, record.hash, record.hash],
+        )
 
 
 def embedded_env(data_dir: Path) -> dict[str, str]:
