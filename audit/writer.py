@@ -337,9 +337,12 @@ class GroupWriter:
         self._task: asyncio.Task[None] | None = None
         self._linger: asyncio.TimerHandle | None = None
         self._postgres = PostgresChain()
+        # The database does not change while the loop runs: looked up once, not per call.
+        self._on_postgres = backend(AuditHead.objects.db).vendor == "postgresql"
+        self._lingers = _lingers()
 
     async def _append_many(self, rows: list[dict[str, Any]]) -> list[AuditRecord]:
-        if backend(AuditHead.objects.db).vendor == "postgresql":
+        if self._on_postgres:
             return await self._postgres.append_many(rows)
         return await _append_many_in_thread(rows)
 
@@ -353,7 +356,7 @@ class GroupWriter:
         # A caller that stopped waiting leaves the failure to the log, not to asyncio's.
         future.add_done_callback(lambda done: done.cancelled() or done.exception())
         self._pending.append((fields, future))
-        if not linger or len(self._pending) >= MAX_BATCH or not _lingers():
+        if not linger or len(self._pending) >= MAX_BATCH or not self._lingers:
             self._write_now()
         elif self._linger is None:
             self._linger = loop.call_later(LINGER_SECONDS, self._write_now)
