@@ -98,39 +98,47 @@ async def record_request(call: "Call") -> None:
 
 
 async def record_outcome(call: "Call", outcome: str, response: dict[str, Any] | None) -> None:
+    latency_ms = round(call.latency_ms, 3)
     if call.call_id is None:
         # Refused before its request was recorded (for example denied): one record.
         call.call_id = uuid.uuid4()
-        arguments = redact(_arguments(call), call.audit_masker, call.audit_report)
+        with_arguments = True
     else:
-        arguments = None
+        with_arguments = False
+    masker: Masker | None = call.audit_masker
     if response is not None and call.audit_payload is not None:
         # The agent's copy, masked with the same rules (see pipeline.mask).
-        response = call.audit_payload
+        response, masker = call.audit_payload, None
         if call.audit_payload_report is not None:
             call.audit_report.counts.update(call.audit_payload_report.counts)
-        result, size, digest = _stored_result(response, None)
-    else:
-        result, size, digest = _stored_result(response, call.audit_masker, call.audit_report)
-    fields = {
-        "kind": Kind.CALL_OUTCOME,
-        "arguments": arguments,
-        "result": result,
-        "result_size": size,
-        "result_digest": digest,
-        "outcome": outcome,
-        "latency_ms": round(call.latency_ms, 3),
-        "masking": _masking_summary(call),
-        "approval_id": call.approval_id,
-        **_caller(call),
-    }
+
+    def compose() -> dict[str, Any]:
+        arguments = (
+            redact(_arguments(call), call.audit_masker, call.audit_report)
+            if with_arguments
+            else None
+        )
+        result, size, digest = _stored_result(response, masker, call.audit_report)
+        return {
+            "kind": Kind.CALL_OUTCOME,
+            "arguments": arguments,
+            "result": result,
+            "result_size": size,
+            "result_digest": digest,
+            "outcome": outcome,
+            "latency_ms": latency_ms,
+            "masking": _masking_summary(call),
+            "approval_id": call.approval_id,
+            **_caller(call),
+        }
+
     # The call already happened: keep trying for a while rather than lose its outcome.
     # If every attempt fails the reconciler closes the call as "unknown".
     for attempt in range(OUTCOME_RETRIES):
         try:
-            # The agent has its answer: on SQLite the record may wait a moment to share
-            # the next call's commit.
-            await writer.append_lingering(**fields)
+            # The agent has its answer: the record is composed and written when the
+            # writer next has a moment (`writer.append_later`).
+            await writer.append_later(compose)
             return
         except Exception:
             log.exception(

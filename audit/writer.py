@@ -6,13 +6,16 @@ log, so one transaction per record caps the whole gateway at a few hundred recor
 second, shared by all processes. Here, the records that calls of one process ask for while
 a commit is under way wait for it to end and then go together, in one transaction: each
 caller still returns only once its own record is committed (write-ahead holds), but under
-load many records share one lock and one flush. A record that finds the writer idle is
-written at once, whether a call waits on it (a request record) or not (an outcome record,
-written after the agent has its answer). At one client, a call's outcome is then committed
-while the gateway reads and checks the next call, instead of riding on that call's request
-record and lengthening its commit. Only the embedded database (SQLite, where every
-transaction is a trip to a worker thread and a commit of the file) lets an outcome record
-wait a moment for the next call's request record to share its commit (`LINGER_SECONDS`).
+load many records share one lock and one flush. A record a call waits on (a request
+record) that finds the writer idle is written at once. A call's outcome record, which
+nothing waits on (the agent has its answer), is composed later (`append_later`): when the
+writer next sends a batch, or after COMPOSE_LATER_SECONDS. At one client the next call's
+request record then goes to the database alone and at once, and the gateway masks,
+encodes and hashes the previous outcome while that commit is under way, when it would
+otherwise only wait; the outcome commits while the call goes upstream. Only the embedded
+database (SQLite, where every transaction is a trip to a worker thread and a commit of the
+file) composes an outcome at once and lets it wait a moment for the next call's request
+record to share its commit (`LINGER_SECONDS`).
 
 If a batch fails, its records are retried one by one, so one bad record cannot fail the
 calls that happened to share its transaction.
@@ -49,6 +52,12 @@ MAX_BATCH = 256
 # transaction: under steady use, the next call's request record, which is written at once
 # and takes the waiting outcome with it, so that a call costs one commit instead of two.
 LINGER_SECONDS = 0.002
+# On Postgres, how long a record composed later (`GroupWriter.append_later`: a call's
+# outcome, whose agent has its answer) may wait for the writer to send something else
+# before it is composed and written anyway. When the writer sends a batch first (at one
+# client, the next call's request record), the record is composed while that batch
+# commits, so that the gateway composes it while it would otherwise only wait.
+COMPOSE_LATER_SECONDS = 0.003
 
 _append_many_in_thread = sync_to_async(chain.append_many, thread_sensitive=False)
 
@@ -323,9 +332,9 @@ async def _checkpoint(record: AuditRecord) -> None:
 def _lingers() -> bool:
     """Whether a record that nothing waits on waits for others (`LINGER_SECONDS`): on
     SQLite, where each transaction is a trip to a worker thread and a commit of the file.
-    Not on Postgres: there an outcome committed at once is written while the gateway reads
-    the next call (at one client, that call's commit carries only its own record), and
-    under load the records that come during a commit share the next one anyway."""
+    Not on Postgres: there such a record is composed while the next record commits
+    (`GroupWriter.append_later`) and written after it, and under load the records that
+    come during a commit share the next one anyway."""
     return backend(AuditHead.objects.db).vendor != "postgresql"
 
 
@@ -334,6 +343,9 @@ class GroupWriter:
 
     def __init__(self) -> None:
         self._pending: list[tuple[dict[str, Any], asyncio.Future[AuditRecord]]] = []
+        # Records still to be composed (`append_later`), with their callers' futures.
+        self._later: list[tuple[Callable[[], dict[str, Any]], asyncio.Future[AuditRecord]]] = []
+        self._later_timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._linger: asyncio.TimerHandle | None = None
         self._postgres = PostgresChain()
@@ -365,6 +377,43 @@ class GroupWriter:
         # leaves alone.
         return await future
 
+    async def append_later(self, compose: Callable[[], dict[str, Any]]) -> AuditRecord:
+        """Append the record `compose()` returns; compose it when the writer next sends a
+        batch, or after COMPOSE_LATER_SECONDS at the latest. For a record that nothing
+        waits on to go ahead (a call's outcome, written after the agent has its answer):
+        at one client, the next call's request record then goes to the database at once,
+        and this record is composed while that commit is under way. Returns once the
+        record is committed; raises if it could not be composed or written.
+
+        On SQLite, where the writer waits in a worker thread, the record is composed at
+        once and lingers (`append(..., linger=True)`)."""
+        if self._lingers:
+            return await self.append(compose(), linger=True)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[AuditRecord] = loop.create_future()
+        future.add_done_callback(lambda done: done.cancelled() or done.exception())
+        self._later.append((compose, future))
+        if self._later_timer is None:
+            self._later_timer = loop.call_later(COMPOSE_LATER_SECONDS, self._compose_later)
+        return await future
+
+    def _compose_later(self) -> None:
+        """Compose the records waiting to be composed, and have them written."""
+        if self._later_timer is not None:
+            self._later_timer.cancel()
+            self._later_timer = None
+        later, self._later = self._later, []
+        for compose, future in later:
+            # Composed whether or not the caller still waits: the call happened.
+            try:
+                fields = compose()
+            except Exception as exc:
+                _settle(future, exception=exc)
+            else:
+                self._pending.append((fields, future))
+        if self._pending:
+            self._write_now()
+
     def _write_now(self) -> None:
         if self._linger is not None:
             self._linger.cancel()
@@ -374,14 +423,20 @@ class GroupWriter:
 
     async def flush(self) -> None:
         """Write what waits now, and wait until it is written."""
+        if self._later:
+            self._compose_later()
         if self._pending:
             self._write_now()
         if self._task is not None and not self._task.done():
             await asyncio.shield(self._task)
 
     async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
         while self._pending:
             batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+            if self._later:
+                # Composed once this batch is sent, while it commits; written after it.
+                loop.call_soon(self._compose_later)
             try:
                 records = await self._append_many([fields for fields, _ in batch])
             except Exception as exc:
@@ -441,6 +496,7 @@ async def flush() -> None:
         await found.flush()
 
 
-async def append_lingering(**fields: Any) -> AuditRecord:
-    """`append` for a record that nothing waits on to go ahead (see LINGER_SECONDS)."""
-    return await writer().append(fields, linger=True)
+async def append_later(compose: Callable[[], dict[str, Any]]) -> AuditRecord:
+    """`GroupWriter.append_later` on the running loop's writer: for a record that nothing
+    waits on to go ahead."""
+    return await writer().append_later(compose)

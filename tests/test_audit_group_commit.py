@@ -357,51 +357,116 @@ def held_first_write(monkeypatch: pytest.MonkeyPatch, transactions: list[int]) -
     return release
 
 
-async def test_on_postgres_an_outcome_record_goes_at_once(transactions, held_first_write):
-    """A call's outcome record (nothing waits on it) does not wait for other records to come:
-    its transaction starts as it is asked for."""
-    outcome = asyncio.ensure_future(
-        writer.append_lingering(**request_fields(1, kind=Kind.CALL_OUTCOME))
-    )
+def outcome_fields(n: int, composed: list[int] | None = None):
+    """A compose function for `append_later` that notes when it runs."""
+
+    def compose() -> dict[str, Any]:
+        if composed is not None:
+            composed.append(n)
+        return request_fields(n, kind=Kind.CALL_OUTCOME)
+
+    return compose
+
+
+async def test_on_postgres_an_outcome_is_composed_while_the_next_record_commits(
+    transactions, held_first_write
+):
+    """At one client: a call's outcome record waits to be composed until the next call's
+    request record is sent, which goes to the database alone and at once; the outcome is
+    composed while that commit is under way, and written after it."""
+    composed: list[int] = []
+    outcome = asyncio.ensure_future(writer.append_later(outcome_fields(1, composed)))
     await asyncio.sleep(0)
     await asyncio.sleep(0)
-    # Its transaction is under way (held), with it alone in it.
-    assert writer.writer()._pending == []
+    assert composed == []
+    request = asyncio.ensure_future(writer.append(**request_fields(2)))
+    await asyncio.sleep(0.01)
+    # The request record's transaction is under way (held), alone; the outcome is
+    # composed and waits for the next.
+    assert composed == [1]
+    assert [fields["target"] for fields, _ in writer.writer()._pending] == ["tool-1"]
+    assert not request.done()
     held_first_write.set()
-    record = await asyncio.wait_for(outcome, 5)
+    first, second = await asyncio.wait_for(asyncio.gather(request, outcome), 5)
+    assert transactions == [1, 1]
+    assert (first.kind, second.kind) == (Kind.CALL_REQUEST, Kind.CALL_OUTCOME)
+    assert second.seq == first.seq + 1
+    result = await asyncio.to_thread(chain.verify)
+    assert result.ok, result.error
+
+
+async def test_on_postgres_an_outcome_alone_is_written_after_a_moment(transactions):
+    """With no other record coming, an outcome is composed and written by itself."""
+    await writer.append(**request_fields(0))  # the writer's connection, made once
+    transactions.clear()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    record = await asyncio.wait_for(writer.append_later(outcome_fields(1)), 5)
+    assert loop.time() - started < 1
     assert transactions == [1]
-    assert record.kind == Kind.CALL_OUTCOME
+    stored = await asyncio.to_thread(
+        lambda: AuditRecord.objects.filter(seq=record.seq).values_list("kind", flat=True).get()
+    )
+    assert stored == Kind.CALL_OUTCOME
+
+
+async def test_an_outcome_whose_caller_stopped_waiting_is_still_written(transactions):
+    task = asyncio.ensure_future(writer.append_later(outcome_fields(1)))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await writer.append(**request_fields(2))
+    await writer.flush()
+    stored = await asyncio.to_thread(
+        lambda: list(AuditRecord.objects.order_by("seq").values_list("kind", "target"))
+    )
+    assert stored == [(Kind.CALL_REQUEST, "tool-2"), (Kind.CALL_OUTCOME, "tool-1")]
+
+
+async def test_an_outcome_that_cannot_be_composed_fails_only_its_caller(transactions):
+    def broken() -> dict[str, Any]:
+        raise ValueError("cannot compose")
+
+    failing = asyncio.ensure_future(writer.append_later(broken))
+    fine = asyncio.ensure_future(writer.append_later(outcome_fields(1)))
+    request = await writer.append(**request_fields(2))
+    with pytest.raises(ValueError, match="cannot compose"):
+        await asyncio.wait_for(failing, 5)
+    record = await asyncio.wait_for(fine, 5)
+    assert record.seq == request.seq + 1
+    result = await asyncio.to_thread(chain.verify)
+    assert result.ok, result.error
+    assert result.verified == 2
 
 
 async def test_records_asked_for_while_a_transaction_runs_share_the_next(
     transactions, held_first_write
 ):
-    """An outcome and the next call's request record, asked for while the writer is busy,
-    go together in its next transaction; the chain stays whole."""
+    """Records asked for while the writer is busy go together in its next transaction; the
+    chain stays whole."""
     first = asyncio.ensure_future(writer.append(**request_fields(0)))
     await asyncio.sleep(0)
     await asyncio.sleep(0)
-    outcome = asyncio.ensure_future(
-        writer.append_lingering(**request_fields(1, kind=Kind.CALL_OUTCOME))
-    )
-    request = asyncio.ensure_future(writer.append(**request_fields(2)))
+    second = asyncio.ensure_future(writer.append(**request_fields(1)))
+    third = asyncio.ensure_future(writer.append(**request_fields(2)))
     await asyncio.sleep(0.05)
-    assert not (first.done() or outcome.done() or request.done())
+    assert not (first.done() or second.done() or third.done())
     held_first_write.set()
-    records = await asyncio.wait_for(asyncio.gather(first, outcome, request), 5)
+    records = await asyncio.wait_for(asyncio.gather(first, second, third), 5)
     assert transactions == [1, 2]
     assert [r.seq for r in records] == [records[0].seq + n for n in range(3)]
     result = await asyncio.to_thread(chain.verify)
     assert result.ok, result.error
 
 
-async def test_flush_waits_for_the_records_under_way(transactions, held_first_write):
+async def test_flush_composes_and_writes_what_waits(transactions, held_first_write, monkeypatch):
+    # A wait far longer than the test: only flush can write the outcome.
+    monkeypatch.setattr(writer, "COMPOSE_LATER_SECONDS", 60.0)
     first = asyncio.ensure_future(writer.append(**request_fields(0)))
     await asyncio.sleep(0)
     await asyncio.sleep(0)
-    second = asyncio.ensure_future(
-        writer.append_lingering(**request_fields(1, kind=Kind.CALL_OUTCOME))
-    )
+    second = asyncio.ensure_future(writer.append_later(outcome_fields(1)))
     flushed = asyncio.ensure_future(writer.flush())
     await asyncio.sleep(0.05)
     assert not flushed.done()
@@ -424,9 +489,7 @@ async def test_where_outcomes_linger_one_shares_the_next_request_commit(transact
     record itself never waits."""
     await writer.append(**request_fields(0))  # the writer's connection, made once
     transactions.clear()
-    outcome = asyncio.ensure_future(
-        writer.append_lingering(**request_fields(1, kind=Kind.CALL_OUTCOME))
-    )
+    outcome = asyncio.ensure_future(writer.append_later(outcome_fields(1)))
     await asyncio.sleep(0)
     assert not outcome.done()
     request = await writer.append(**request_fields(2))
@@ -442,7 +505,7 @@ async def test_where_outcomes_linger_one_alone_is_written_after_the_linger(trans
     transactions.clear()
     loop = asyncio.get_running_loop()
     started = loop.time()
-    record = await writer.append_lingering(**request_fields(1, kind=Kind.CALL_OUTCOME))
+    record = await writer.append_later(outcome_fields(1))
     assert loop.time() - started >= writer.LINGER_SECONDS * 0.9
     assert transactions == [1]
     stored = await asyncio.to_thread(
@@ -455,9 +518,7 @@ async def test_flush_writes_lingering_records_at_once(transactions, lingering, m
     # A linger far longer than the test: only flush can write the record.
     monkeypatch.setattr(writer, "LINGER_SECONDS", 60.0)
     await writer.append(**request_fields(0))
-    outcome = asyncio.ensure_future(
-        writer.append_lingering(**request_fields(1, kind=Kind.CALL_OUTCOME))
-    )
+    outcome = asyncio.ensure_future(writer.append_later(outcome_fields(1)))
     await asyncio.sleep(0.05)
     assert not outcome.done()
     await asyncio.wait_for(writer.flush(), 5)
