@@ -9,13 +9,12 @@ caller still returns only once its own record is committed (write-ahead holds), 
 load many records share one lock and one flush. A record a call waits on (a request
 record) that finds the writer idle is written at once. A call's outcome record, which
 nothing waits on (the agent has its answer), is composed later (`append_later`): when the
-writer next sends a batch, or after COMPOSE_LATER_SECONDS. At one client the next call's
+writer next sends a batch, or after a moment. On Postgres, at one client, the next call's
 request record then goes to the database alone and at once, and the gateway masks,
 encodes and hashes the previous outcome while that commit is under way, when it would
-otherwise only wait; the outcome commits while the call goes upstream. Only the embedded
+otherwise only wait; the outcome commits while the call goes upstream. On the embedded
 database (SQLite, where every transaction is a trip to a worker thread and a commit of the
-file) composes an outcome at once and lets it wait a moment for the next call's request
-record to share its commit (`LINGER_SECONDS`).
+file) the outcome instead shares the next call's request record's commit (`_lingers`).
 
 If a batch fails, its records are retried one by one, so one bad record cannot fail the
 calls that happened to share its transaction.
@@ -47,16 +46,13 @@ log = logging.getLogger(__name__)
 
 # The most records one transaction takes; more wait for the next.
 MAX_BATCH = 256
-# On SQLite (see `_lingers`), how long a record that nothing waits on to go ahead (a call's
-# outcome, written after the agent has its answer) may wait for other records to share its
-# transaction: under steady use, the next call's request record, which is written at once
-# and takes the waiting outcome with it, so that a call costs one commit instead of two.
+# How long a record that nothing waits on to go ahead (`GroupWriter.append_later`: a
+# call's outcome, written after the agent has its answer) may wait for the writer to send
+# something else before it is composed and written anyway. On SQLite (see `_lingers`) it
+# then goes in the same transaction as what the writer sends (under steady use the next
+# call's request record: one commit per call instead of two); on Postgres it is composed
+# while that batch commits, when the gateway would otherwise only wait, and written after.
 LINGER_SECONDS = 0.002
-# On Postgres, how long a record composed later (`GroupWriter.append_later`: a call's
-# outcome, whose agent has its answer) may wait for the writer to send something else
-# before it is composed and written anyway. When the writer sends a batch first (at one
-# client, the next call's request record), the record is composed while that batch
-# commits, so that the gateway composes it while it would otherwise only wait.
 COMPOSE_LATER_SECONDS = 0.003
 
 _append_many_in_thread = sync_to_async(chain.append_many, thread_sensitive=False)
@@ -330,11 +326,11 @@ async def _checkpoint(record: AuditRecord) -> None:
 
 
 def _lingers() -> bool:
-    """Whether a record that nothing waits on waits for others (`LINGER_SECONDS`): on
-    SQLite, where each transaction is a trip to a worker thread and a commit of the file.
-    Not on Postgres: there such a record is composed while the next record commits
-    (`GroupWriter.append_later`) and written after it, and under load the records that
-    come during a commit share the next one anyway."""
+    """Whether a record that nothing waits on joins the transaction of the next batch
+    (`GroupWriter.append_later`): on SQLite, where each transaction is a trip to a worker
+    thread and a commit of the file. Not on Postgres: there such a record is composed while
+    the next batch commits and written after it, and under load the records that come
+    during a commit share the next one anyway."""
     return backend(AuditHead.objects.db).vendor != "postgresql"
 
 
@@ -347,7 +343,6 @@ class GroupWriter:
         self._later: list[tuple[Callable[[], dict[str, Any]], asyncio.Future[AuditRecord]]] = []
         self._later_timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
-        self._linger: asyncio.TimerHandle | None = None
         self._postgres = PostgresChain()
         # The database does not change while the loop runs: looked up once, not per call.
         self._on_postgres = backend(AuditHead.objects.db).vendor == "postgresql"
@@ -358,66 +353,53 @@ class GroupWriter:
             return await self._postgres.append_many(rows)
         return await _append_many_in_thread(rows)
 
-    async def append(self, fields: dict[str, Any], *, linger: bool = False) -> AuditRecord:
-        """Append one record; returns once it is committed, raises if it could not be.
-
-        linger: nothing else waits for the record to be written; on SQLite it may wait up
-        to LINGER_SECONDS for others to share its transaction (`_lingers`)."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[AuditRecord] = loop.create_future()
-        # A caller that stopped waiting leaves the failure to the log, not to asyncio's.
-        future.add_done_callback(lambda done: done.cancelled() or done.exception())
+    async def append(self, fields: dict[str, Any]) -> AuditRecord:
+        """Append one record; returns once it is committed, raises if it could not be."""
+        future = _future()
         self._pending.append((fields, future))
-        if not linger or len(self._pending) >= MAX_BATCH or not self._lingers:
-            self._write_now()
-        elif self._linger is None:
-            self._linger = loop.call_later(LINGER_SECONDS, self._write_now)
+        self._write_now()
         # The record is committed, or not, whether or not this caller still waits: a
         # caller cancelled while it waits cancels only its future, which `_drain` then
         # leaves alone.
         return await future
 
     async def append_later(self, compose: Callable[[], dict[str, Any]]) -> AuditRecord:
-        """Append the record `compose()` returns; compose it when the writer next sends a
-        batch, or after COMPOSE_LATER_SECONDS at the latest. For a record that nothing
-        waits on to go ahead (a call's outcome, written after the agent has its answer):
-        at one client, the next call's request record then goes to the database at once,
-        and this record is composed while that commit is under way. Returns once the
-        record is committed; raises if it could not be composed or written.
-
-        On SQLite, where the writer waits in a worker thread, the record is composed at
-        once and lingers (`append(..., linger=True)`)."""
-        if self._lingers:
-            return await self.append(compose(), linger=True)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[AuditRecord] = loop.create_future()
-        future.add_done_callback(lambda done: done.cancelled() or done.exception())
+        """Append the record `compose()` returns, for a record that nothing waits on to go
+        ahead (a call's outcome, written after the agent has its answer). It is composed
+        when the writer next sends a batch, or after LINGER_SECONDS (SQLite) or
+        COMPOSE_LATER_SECONDS (Postgres) at the latest: on SQLite it joins that batch, on
+        Postgres it is composed while that batch commits and written after it (at one
+        client, the next call's request record goes to the database at once, and this
+        record is composed while that commit is under way). Returns once the record is
+        committed; raises if it could not be composed or written."""
+        future = _future()
         self._later.append((compose, future))
-        if self._later_timer is None:
-            self._later_timer = loop.call_later(COMPOSE_LATER_SECONDS, self._compose_later)
+        if len(self._later) >= MAX_BATCH:
+            self._compose_later()
+        elif self._later_timer is None:
+            wait = LINGER_SECONDS if self._lingers else COMPOSE_LATER_SECONDS
+            self._later_timer = asyncio.get_running_loop().call_later(wait, self._compose_later)
         return await future
 
-    def _compose_later(self) -> None:
-        """Compose the records waiting to be composed, and have them written."""
+    def _compose_later(self, *, first: bool = False) -> None:
+        """Compose the records waiting to be composed, and have them written (first: ahead
+        of the records already pending, which they came before)."""
         if self._later_timer is not None:
             self._later_timer.cancel()
             self._later_timer = None
         later, self._later = self._later, []
+        composed = []
         for compose, future in later:
             # Composed whether or not the caller still waits: the call happened.
             try:
-                fields = compose()
+                composed.append((compose(), future))
             except Exception as exc:
                 _settle(future, exception=exc)
-            else:
-                self._pending.append((fields, future))
+        self._pending = composed + self._pending if first else self._pending + composed
         if self._pending:
             self._write_now()
 
     def _write_now(self) -> None:
-        if self._linger is not None:
-            self._linger.cancel()
-            self._linger = None
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._drain())
 
@@ -433,9 +415,13 @@ class GroupWriter:
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
         while self._pending:
+            if self._later and self._lingers:
+                # SQLite: they share this batch's transaction.
+                self._compose_later(first=True)
             batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
             if self._later:
-                # Composed once this batch is sent, while it commits; written after it.
+                # Postgres: composed once this batch is sent, while it commits; written
+                # after it.
                 loop.call_soon(self._compose_later)
             try:
                 records = await self._append_many([fields for fields, _ in batch])
@@ -454,6 +440,13 @@ class GroupWriter:
                 continue
             for (_, future), record in zip(batch, records, strict=True):
                 _settle(future, result=record)
+
+
+def _future() -> "asyncio.Future[AuditRecord]":
+    future: asyncio.Future[AuditRecord] = asyncio.get_running_loop().create_future()
+    # A caller that stopped waiting leaves the failure to the log, not to asyncio's.
+    future.add_done_callback(lambda done: done.cancelled() or done.exception())
+    return future
 
 
 def _settle(
