@@ -1007,7 +1007,7 @@ class Bench:
         cells = [c for c in self.cells if c.config == "postgres"]
         if not cells:
             return
-        print("\n== Issue 8's targets (postgres configuration) ==")
+        print("\n== The performance targets (postgres configuration; see the README) ==")
         if (
             self.options.short
             or self.options.profile
