@@ -10,11 +10,13 @@ load many records share one lock and one flush. A record a call waits on (a requ
 record) that finds the writer idle is written at once. A call's outcome record, which
 nothing waits on (the agent has its answer), is composed later (`append_later`): when the
 writer next sends a batch, or after a moment. On Postgres, at one client, the next call's
-request record then goes to the database alone and at once, and the gateway masks,
-encodes and hashes the previous outcome while that commit is under way, when it would
-otherwise only wait; the outcome commits while the call goes upstream. On the embedded
-database (SQLite, where every transaction is a trip to a worker thread and a commit of the
-file) the outcome instead shares the next call's request record's commit (`_lingers`).
+request record then goes to the database alone and at once, and the gateway masks and
+encodes the previous outcome while that commit is under way, when it would otherwise only
+wait. Once the commit is done, the callers it answered go on first (the call goes
+upstream), and the outcome is hashed, sent and committed after, while the upstream works.
+On the embedded database (SQLite, where every transaction is a trip to a worker thread and
+a commit of the file) the outcome instead shares the next call's request record's commit
+(`_lingers`).
 
 If a batch fails, its records are retried one by one, so one bad record cannot fail the
 calls that happened to share its transaction.
@@ -440,6 +442,12 @@ class GroupWriter:
                 continue
             for (_, future), record in zip(batch, records, strict=True):
                 _settle(future, result=record)
+            if self._pending:
+                # The callers just answered go on first (a call's request record: the call
+                # goes upstream); the next batch (at one client, the previous call's
+                # outcome, with its 10 KB result to hash and send) is built and sent after,
+                # while the upstream works.
+                await asyncio.sleep(0)
 
 
 def _future() -> "asyncio.Future[AuditRecord]":

@@ -395,6 +395,36 @@ async def test_on_postgres_an_outcome_is_composed_while_the_next_record_commits(
     assert result.ok, result.error
 
 
+async def test_the_callers_of_a_written_batch_go_on_before_the_next_batch_is_sent(
+    transactions, held_first_write, monkeypatch
+):
+    """At one client: once the next call's request record is committed, that call goes on
+    (upstream) before the previous call's outcome, which waited meanwhile, is hashed and
+    sent; that work is not in the call's way."""
+    events: list[str] = []
+    send = writer.GroupWriter._append_many
+
+    async def noted(self: writer.GroupWriter, rows: list[dict[str, Any]]) -> list[AuditRecord]:
+        events.append("sent " + ",".join(row["target"] for row in rows))
+        return await send(self, rows)
+
+    monkeypatch.setattr(writer.GroupWriter, "_append_many", noted)
+    outcome = asyncio.ensure_future(writer.append_later(outcome_fields(1)))
+    await asyncio.sleep(0)
+
+    async def call() -> None:
+        await writer.append(**request_fields(2))
+        events.append("call 2 goes on")
+
+    request = asyncio.ensure_future(call())
+    await asyncio.sleep(0.01)
+    held_first_write.set()
+    await asyncio.wait_for(asyncio.gather(request, outcome), 5)
+    assert events == ["sent tool-2", "call 2 goes on", "sent tool-1"]
+    result = await asyncio.to_thread(chain.verify)
+    assert result.ok, result.error
+
+
 async def test_on_postgres_an_outcome_alone_is_written_after_a_moment(transactions):
     """With no other record coming, an outcome is composed and written by itself."""
     await writer.append(**request_fields(0))  # the writer's connection, made once
