@@ -10,6 +10,10 @@ body in a write of its own, so every answer costs two system calls and reaches t
 as two TCP segments. `HttpProtocol` gives each response a transport that holds the head
 until the next write and sends both in one (`HeadWithBody`).
 
+Access log: uvicorn emits a request's line before it writes the answer; `AccessLogHandler`
+writes it after the answer has left, with the other lines of the same turn of the event
+loop in one write.
+
 Start: the log says which event loop serves (uvloop or asyncio; see `mcpgw.serve`).
 
 Shutdown: uvicorn stops on SIGTERM or SIGINT: it stops accepting connections, lets the
@@ -169,6 +173,56 @@ class AccessFormatter(logging.Formatter):
                 phrase = ""
             text = cls._statuses[code] = f"{code} {phrase}"
         return text
+
+
+class AccessLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The access log's handler: a line emitted on a running event loop is formatted and
+    written once the loop's current callback has run, so after the answer it describes has
+    left (uvicorn emits it before it writes the response's head), and with the others of
+    the same turn of the loop in one write. A line emitted where no loop runs is written at
+    once, after those still waiting; `flush` and `close` (and so the end of the process)
+    write those waiting too. Each line keeps the time it was emitted at."""
+
+    def __init__(self, stream: Any = None) -> None:
+        super().__init__(stream)
+        self._waiting: list[logging.LogRecord] = []
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop that will write them
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if self._waiting and loop is not self._loop:
+            self._write_waiting()
+        if loop is None:
+            super().emit(record)
+            return
+        self._waiting.append(record)
+        if len(self._waiting) == 1:
+            self._loop = loop
+            loop.call_soon(self._write_waiting)
+
+    def _write_waiting(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            records, self._waiting, self._loop = self._waiting, [], None
+            if not records:
+                return
+            lines = []
+            for record in records:
+                try:
+                    lines.append(self.format(record) + self.terminator)
+                except Exception:
+                    self.handleError(record)
+            try:
+                self.stream.write("".join(lines))
+                super().flush()
+            except Exception:
+                self.handleError(records[-1])
+
+    def flush(self) -> None:
+        self._write_waiting()
+        super().flush()
 
 
 # How long shutdown waits for the last audit records, and for upstreams to end their

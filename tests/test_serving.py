@@ -2,6 +2,8 @@
 line, the event loop, the client's address behind a proxy, and a real gateway process
 stopped as an operator stops it."""
 
+import asyncio
+import io
 import json
 import logging
 import os
@@ -262,6 +264,63 @@ def test_the_access_lines_are_those_uvicorns_formatter_writes(status: int) -> No
     assert ours.format(record).startswith(
         'INFO uvicorn.access 127.0.0.1:5000 - "POST /mcp/demo?x=1'
     )
+
+
+class _Stream(io.StringIO):
+    """A log stream that counts its writes."""
+
+    writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def _access_logger(name: str) -> tuple[logging.Logger, _Stream]:
+    stream = _Stream()
+    handler = serving.AccessLogHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger(f"tests.access.{name}")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    return logger, stream
+
+
+def test_access_lines_emitted_on_the_loop_are_written_after_its_step_in_one_write() -> None:
+    logger, stream = _access_logger("deferred")
+
+    async def answer_two_requests() -> None:
+        logger.info("first")
+        logger.info("second")
+        # uvicorn emits the line before it writes the answer: nothing is written yet.
+        assert stream.getvalue() == ""
+        await asyncio.sleep(0)
+        assert stream.getvalue() == "first\nsecond\n"
+        assert stream.writes == 1
+        logger.info("third")
+        await asyncio.sleep(0)
+        assert stream.getvalue() == "first\nsecond\nthird\n"
+
+    asyncio.run(answer_two_requests())
+
+
+def test_access_lines_without_a_loop_are_written_at_once_after_those_waiting() -> None:
+    logger, stream = _access_logger("threads")
+    logger.info("no loop")
+    assert stream.getvalue() == "no loop\n"
+
+    async def emit_then_log_from_a_thread() -> None:
+        logger.info("on the loop")
+        # A thread's line finds one waiting: the waiting one goes first, order is kept.
+        await asyncio.to_thread(logger.info, "from a thread")
+        assert stream.getvalue() == "no loop\non the loop\nfrom a thread\n"
+        logger.info("waiting at flush")
+        logger.handlers[0].flush()  # as logging.shutdown does at the end of the process
+        assert stream.getvalue().endswith("from a thread\nwaiting at flush\n")
+
+    asyncio.run(emit_then_log_from_a_thread())
+    assert stream.getvalue().count("waiting at flush") == 1
 
 
 @pytest.mark.django_db(transaction=True)
