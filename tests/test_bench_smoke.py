@@ -161,3 +161,58 @@ def test_upstream_client_cost_prints_each_client_per_round():
         "round 2 bare",
     ]
     assert all(line.endswith("µs CPU per request") for line in lines[1:])
+
+
+@pytest.mark.skipif(not _server_url(), reason="the commit floor is measured on Postgres")
+def test_commit_floor_prints_each_statement_and_drops_its_database():
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.commit_floor",
+            "--database",
+            "mcpgw_floor_ci",
+            "--statements",
+            "20",
+            "--rounds",
+            "2",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("commit floor on ")
+    assert "20 statements of each kind in 2 alternating rounds" in lines[0]
+    labels = [line[:48].strip() for line in lines[2:]]
+    assert labels[:4] == [
+        "SELECT 1 (round trip)",
+        "insert one row, committed",
+        "the same, synchronous_commit off",
+        "audit append: request record",
+    ]
+    assert labels[4].startswith("audit append: outcome record (")
+    for line in lines[2:]:
+        p50, p90 = (float(value) for value in line[48:].split()[:2])
+        assert 0 < p50 <= p90
+    with psycopg.connect(admin_url(_server_url(), "postgres")) as conn:
+        left = conn.execute("SELECT 1 FROM pg_database WHERE datname = 'mcpgw_floor_ci'")
+        assert left.fetchone() is None
+
+
+def test_commit_floor_refuses_a_database_that_is_not_postgres(monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", "sqlite:///tmp/x.sqlite3")
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.commit_floor"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "set DATABASE_URL to a Postgres server" in done.stderr
+    assert "Traceback" not in done.stderr
