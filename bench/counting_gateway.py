@@ -16,7 +16,12 @@ time per call site:
 - masking (`Masker.mask_text`/`mask_json`, `masking.service.mask_payload`), by caller;
 - upstream requests (`httpx.AsyncClient.send`) and new upstream TCP connections;
 - the garbage collector's collections by generation (time per call, and the longest,
-  during which the event loop stood still).
+  during which the event loop stood still);
+- the wall-clock phases of each tools/call that went upstream, one after the other (named
+  "phase N: ..."): from the request reaching the application to its write-ahead audit
+  record, that record (of which the wait for the audit writer, busy with an earlier
+  record, and the database's round trip for it), the upstream until its answer's head,
+  reading, masking and encoding that answer, and writing the answer to the agent.
 
 BENCH_GC_FREEZE=0 (`gateway_bench --no-gc-freeze`) keeps the application from freezing
 what it loaded at start (`mcpgw/asgi.py`), to compare collection pauses with and without.
@@ -26,6 +31,7 @@ wrappers cost time themselves: never compare timings taken with this launcher wi
 harness's ordinary runs.
 """
 
+import contextvars
 import functools
 import json
 import os
@@ -237,6 +243,107 @@ def install_gc() -> None:
         gc.freeze = lambda: None
 
 
+# The phases of the request being served (a dict of stamps), per task.
+_phase_stamps: "contextvars.ContextVar[dict[str, float]]" = contextvars.ContextVar("phases")
+PHASES = (
+    ("1", "request in, to its audit record", "in", "record"),
+    ("2", "write-ahead audit record", "record", "recorded"),
+    ("2a", "  of it: waiting for the audit writer", "record", "writer"),
+    ("2b", "  of it: the database's round trip", "sent", "committed"),
+    ("3", "upstream, until its answer's head", "upstream", "head"),
+    ("4", "answer read, masked and encoded", "head", "respond"),
+    ("5", "answer written to the agent", "respond", "responded"),
+    ("1-5", "request in to answer written", "in", "responded"),
+)
+
+
+def _stamp(name: str) -> None:
+    stamps = _phase_stamps.get(None)
+    if stamps is not None and name not in stamps:
+        stamps[name] = time.perf_counter()
+
+
+def install_phases() -> None:
+    """Stamps for the phases of a tools/call (see the module's docstring)."""
+    from audit import writer
+    from gateway import endpoint, pipeline, upstream
+
+    def around(owner: Any, attribute: str, before: str | None, after: str | None) -> None:
+        original = getattr(owner, attribute)
+
+        @functools.wraps(original)
+        async def stamped(*args: Any, **kwargs: Any) -> Any:
+            if before:
+                _stamp(before)
+            result = await original(*args, **kwargs)
+            if after:
+                _stamp(after)
+            return result
+
+        setattr(owner, attribute, stamped)
+
+    around(upstream.Upstream, "post", "upstream", "head")
+    around(endpoint.Exchange, "respond", "respond", "responded")
+
+    # The audit writer works in a task of its own, for whichever calls wait: its stamps
+    # are kept by the request record's call id, and go to the call once it is recorded.
+    by_call: dict[Any, dict[str, float]] = {}
+
+    def stamp_records(calls: list[Any], name: str) -> None:
+        now = time.perf_counter()
+        for call_id in calls:
+            by_call.setdefault(call_id, {}).setdefault(name, now)
+
+    record_request = pipeline.record_request
+
+    async def stamped_record_request(call: Any) -> None:
+        _stamp("record")
+        try:
+            await record_request(call)
+        finally:
+            stamps = by_call.pop(call.call_id, {})
+            own = _phase_stamps.get(None)
+            if own is not None:
+                own.update(stamps)
+        _stamp("recorded")
+
+    pipeline.record_request = stamped_record_request
+    append_many = writer.PostgresChain.append_many
+
+    async def stamped_append_many(self: Any, rows: list[dict[str, Any]]) -> Any:
+        stamp_records([r["call_id"] for r in rows if r.get("kind") == "call.request"], "writer")
+        return await append_many(self, rows)
+
+    writer.PostgresChain.append_many = stamped_append_many
+    append_at = writer.PostgresChain._append_at
+
+    async def stamped_append_at(self: Any, connection: Any, records: Any, head: Any) -> Any:
+        calls = [record.call_id for record in records if record.kind == "call.request"]
+        stamp_records(calls, "sent")
+        result = await append_at(self, connection, records, head)
+        stamp_records(calls, "committed")
+        return result
+
+    writer.PostgresChain._append_at = stamped_append_at
+
+    import mcpgw.asgi
+
+    application = mcpgw.asgi.application
+
+    async def phased(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/mcp"):
+            return await application(scope, receive, send)
+        stamps = {"in": time.perf_counter()}
+        _phase_stamps.set(stamps)
+        await application(scope, receive, send)
+        if {"recorded", "head", "responded"} <= stamps.keys():
+            for number, label, start, end in PHASES:
+                if start in stamps and end in stamps:
+                    _add(f"phase {number}: {label}", stamps[end] - stamps[start])
+
+    mcpgw.asgi.application = phased
+
+
 def _dump(*_: Any) -> None:
     path = os.environ.get("BENCH_COUNTS_FILE")
     if not path:
@@ -262,6 +369,7 @@ def main() -> None:
 
     django.setup()
     install_django()
+    install_phases()
     signal.signal(signal.SIGUSR1, _dump)
     signal.signal(signal.SIGUSR2, _reset)
     from mcpgw import serve

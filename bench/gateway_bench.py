@@ -36,7 +36,9 @@ listens on 127.0.0.1 only; the run stops by itself and removes what it created.
 the harness works, its numbers mean little. --profile DIR records each gateway run with
 py-spy (collapsed stacks, see `bench.stacks`); --count-calls DIR runs the gateway under
 `bench.counting_gateway` and writes per-call counts of thread hops, SQL statements, JSON
-encodings and masking. Both slow the gateway down: their tables are not for comparison.
+encodings and masking, and the wall-clock phases of a call (to its audit record, the
+record, the upstream, the answer masked, the answer written). Both slow the gateway down:
+their tables are not for comparison.
 
 --instructions DIR runs each gateway under valgrind's callgrind and prints the machine
 instructions the gateway process executed per call in each measured run (counted from

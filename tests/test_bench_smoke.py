@@ -91,6 +91,45 @@ def test_gateway_bench_counts_instructions_per_call_under_callgrind(tmp_path):
     assert len(per_run) == 1 and per_run[0] > 1, output
 
 
+@pytest.mark.skipif(not _server_url(), reason="the write-ahead record's phases are on Postgres")
+def test_gateway_bench_counts_the_phases_of_a_call(tmp_path):
+    """--count-calls: among the per-call counts, the wall-clock phases of a tools/call,
+    which follow one another and add up to the whole."""
+    done = _bench(
+        "--short",
+        "--configs",
+        "postgres",
+        "--eras",
+        "modern",
+        "--concurrency",
+        "1",
+        "--memory",
+        "none",
+        "--seconds",
+        "3",
+        "--database",
+        "mcpgw_bench_phases_ci",
+        "--count-calls",
+        str(tmp_path),
+        timeout=900,
+    )
+    output = done.stdout
+    assert done.returncode == 0, f"{output[-4000:]}\n{done.stderr[-4000:]}"
+    table = output.split("== Per call (bench.counting_gateway)", 1)[1]
+    phases = {}
+    for line in table.splitlines():
+        if "phase " in line:
+            count, _x, micros, *_rest = line.split()
+            name = line.split("phase ", 1)[1].split(":", 1)[0]
+            assert float(count) == 1.0, line  # every call passed each phase once
+            phases[name] = float(micros)
+    assert set(phases) == {"1", "2", "2a", "2b", "3", "4", "5", "1-5"}, table
+    # The database's round trip and the wait before it are parts of the audit record.
+    assert phases["2a"] + phases["2b"] <= phases["2"]
+    consecutive = phases["1"] + phases["2"] + phases["3"] + phases["4"] + phases["5"]
+    assert 0 < consecutive <= phases["1-5"] * 1.01, phases
+
+
 def test_gateway_bench_refuses_bad_options_with_a_message():
     for arguments, message in (
         (("--concurrency", "abc"), "client counts such as 1,8,32"),
