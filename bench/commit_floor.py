@@ -24,6 +24,7 @@ used per statement (read from /proc, so only where Postgres runs on this machine
 import argparse
 import asyncio
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -31,6 +32,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -40,10 +42,14 @@ from bench.audit_bench import admin_url, create_database, drop_database, setup_d
 
 
 def backend_cpu_seconds(pid: int) -> float | None:
-    """User and system CPU time of a backend process, if it runs on this machine."""
+    """User and system CPU time of a backend process, if it runs on this machine (a
+    process of that number that is not Postgres's, as in another container, is not it)."""
     try:
+        name = Path(f"/proc/{pid}/comm").read_text().strip()
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
+        return None
+    if not name.startswith("postgres"):
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -133,9 +139,28 @@ async def run(
     from audit import writer
 
     plain = await psycopg.AsyncConnection.connect(database_url, autocommit=True)
+    unflushed = await psycopg.AsyncConnection.connect(database_url, autocommit=True)
+    try:
+        return await _run(plain, unflushed, statements, rounds, result, size)
+    finally:
+        await plain.close()
+        await unflushed.close()
+        await writer.flush()
+        writer.writer()._postgres.discard()
+
+
+async def _run(
+    plain: psycopg.AsyncConnection[Any],
+    unflushed: psycopg.AsyncConnection[Any],
+    statements: int,
+    rounds: int,
+    result: object,
+    size: int,
+) -> list[Series]:
+    from audit import writer
+
     await plain.execute("CREATE TABLE floor_probe (id bigserial PRIMARY KEY, note text)")
     plain_pid = plain.pgconn.backend_pid
-    unflushed = await psycopg.AsyncConnection.connect(database_url, autocommit=True)
     await unflushed.execute("SET synchronous_commit = off")
     group = writer.writer()
     await group.append(request_fields())  # opens the writer's own connection
@@ -173,10 +198,6 @@ async def run(
     for _ in range(rounds):
         for series, pid, statement in plan:
             await measure(series, pid, statement, statements // rounds)
-    await plain.close()
-    await unflushed.close()
-    await writer.flush()
-    group._postgres.discard()
     return [series for series, _, _ in plan]
 
 
@@ -189,13 +210,14 @@ def main() -> None:
     server_url = os.environ.get("DATABASE_URL", "")
     if not server_url.startswith(("postgres://", "postgresql://")):
         sys.exit("set DATABASE_URL to a Postgres server (the script makes its own database)")
-    if options.statements < options.rounds or options.rounds < 1:
-        sys.exit("--statements must be at least --rounds, and --rounds at least 1")
+    if options.rounds < 1 or options.statements < 1 or options.statements % options.rounds:
+        sys.exit("--statements must be a multiple of --rounds, both at least 1")
     database_url = admin_url(server_url, options.database)
+    data_dir = tempfile.mkdtemp(prefix="mcpgw-floor-")
     os.environ.update(
         {
             "DATABASE_URL": database_url,
-            "DATA_DIR": tempfile.mkdtemp(prefix="mcpgw-floor-"),
+            "DATA_DIR": data_dir,
             "DJANGO_SETTINGS_MODULE": "mcpgw.settings",
         }
     )
@@ -224,6 +246,7 @@ def main() -> None:
             print(one.line())
     finally:
         drop_database(server_url, options.database)
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -177,9 +177,10 @@ class AccessFormatter(logging.Formatter):
 
 class AccessLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """The access log's handler: a line emitted on a running event loop is formatted and
-    written once the loop's current callback has run, so after the answer it describes has
-    left (uvicorn emits it before it writes the response's head), and with the others of
-    the same turn of the loop in one write. A line emitted where no loop runs is written at
+    written once the loop's current callback has run, so after a JSON answer it describes
+    has left (uvicorn emits it before it writes the response's head; a stream's head, held
+    by `HeadWithBody`, leaves in the same turn of the loop), and with the others of the
+    same turn of the loop in one write. A line emitted where no loop runs is written at
     once, after those still waiting; `flush` and `close` (and so the end of the process)
     write those waiting too. Each line keeps the time it was emitted at."""
 
@@ -223,6 +224,10 @@ class AccessLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def flush(self) -> None:
         self._write_waiting()
         super().flush()
+
+    def close(self) -> None:
+        self._write_waiting()
+        super().close()
 
 
 # How long shutdown waits for the last audit records, and for upstreams to end their

@@ -94,7 +94,7 @@ def test_gateway_bench_counts_instructions_per_call_under_callgrind(tmp_path):
 @pytest.mark.skipif(not _server_url(), reason="the write-ahead record's phases are on Postgres")
 def test_gateway_bench_counts_the_phases_of_a_call(tmp_path):
     """--count-calls: among the per-call counts, the wall-clock phases of a tools/call,
-    which follow one another and add up to the whole."""
+    which follow one another: together they make up most of the whole, never more."""
     done = _bench(
         "--short",
         "--configs",
@@ -127,7 +127,9 @@ def test_gateway_bench_counts_the_phases_of_a_call(tmp_path):
     # The database's round trip and the wait before it are parts of the audit record.
     assert phases["2a"] + phases["2b"] <= phases["2"]
     consecutive = phases["1"] + phases["2"] + phases["3"] + phases["4"] + phases["5"]
-    assert 0 < consecutive <= phases["1-5"] * 1.01, phases
+    # Between the phases only short steps go unstamped (the hold check, the upstream
+    # request's body).
+    assert phases["1-5"] * 0.7 <= consecutive <= phases["1-5"] * 1.01, phases
 
 
 def test_gateway_bench_refuses_bad_options_with_a_message():

@@ -11,6 +11,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from importlib.metadata import version
 from pathlib import Path
@@ -312,15 +313,57 @@ def test_access_lines_without_a_loop_are_written_at_once_after_those_waiting() -
 
     async def emit_then_log_from_a_thread() -> None:
         logger.info("on the loop")
-        # A thread's line finds one waiting: the waiting one goes first, order is kept.
-        await asyncio.to_thread(logger.info, "from a thread")
+        # A thread's line finds one waiting (the loop is held until the thread is done):
+        # the waiting one goes first, order is kept.
+        thread = threading.Thread(target=logger.info, args=("from a thread",))
+        thread.start()
+        thread.join()
         assert stream.getvalue() == "no loop\non the loop\nfrom a thread\n"
         logger.info("waiting at flush")
         logger.handlers[0].flush()  # as logging.shutdown does at the end of the process
         assert stream.getvalue().endswith("from a thread\nwaiting at flush\n")
+        logger.info("emitted last")
 
     asyncio.run(emit_then_log_from_a_thread())
     assert stream.getvalue().count("waiting at flush") == 1
+    assert stream.getvalue().endswith("waiting at flush\nemitted last\n")
+
+
+def test_access_lines_left_by_a_closed_loop_are_written_by_flush_and_close() -> None:
+    logger, stream = _access_logger("closed")
+
+    def emit_as_the_loop_stops(text: str) -> None:
+        # The loop stops before the callback that would write the line runs, and closes.
+        loop = asyncio.new_event_loop()
+        loop.call_soon(logger.info, text)
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        loop.close()
+
+    emit_as_the_loop_stops("left waiting")
+    assert stream.getvalue() == ""
+    logger.handlers[0].flush()
+    assert stream.getvalue() == "left waiting\n"
+    emit_as_the_loop_stops("left at close")
+    assert stream.getvalue() == "left waiting\n"
+    logger.handlers[0].close()
+    assert stream.getvalue() == "left waiting\nleft at close\n"
+
+
+def test_an_access_line_that_cannot_be_formatted_leaves_the_others_written(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    logger, stream = _access_logger("broken")
+
+    async def emit() -> None:
+        logger.info("before")
+        logger.info("%d items", "not a number")
+        logger.info("after")
+        await asyncio.sleep(0)
+
+    asyncio.run(emit())
+    assert stream.getvalue() == "before\nafter\n"
+    assert "not a number" in capsys.readouterr().err  # logging's own report of the error
 
 
 @pytest.mark.django_db(transaction=True)
