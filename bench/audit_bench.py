@@ -19,12 +19,14 @@ Verify and export each run in a fresh process, so their peak RSS is their own.
 """
 
 import argparse
+import contextlib
 import os
 import resource
+import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -229,27 +231,26 @@ def drop_database(server_url: str, name: str) -> None:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--database", default="mcpgw_bench", help="scratch database to use")
-    parser.add_argument("--records", type=int, default=100_000, help="chain length to verify")
-    parser.add_argument("--seconds", type=float, default=5.0, help="append time per level")
-    options = parser.parse_args()
-
+@contextlib.contextmanager
+def scratch_database(name: str, what: str) -> Iterator[str]:
+    """A migrated database of its own on the Postgres server DATABASE_URL names, with
+    Django set up on it (and DATABASE_URL naming it, for processes started meanwhile);
+    dropped at the end, with the data directory made for it. Exits with a message when
+    DATABASE_URL does not name Postgres. Yields the database's URL."""
     server_url = os.environ.get("DATABASE_URL", "")
     if not server_url.startswith(("postgres://", "postgresql://")):
-        sys.exit("set DATABASE_URL to a Postgres server (the benchmark makes its own database)")
+        sys.exit(f"set DATABASE_URL to a Postgres server (the {what} makes its own database)")
+    database_url = admin_url(server_url, name)
     data_dir = tempfile.mkdtemp(prefix="mcpgw-bench-")
-    # Inherited by the writer, verify and export processes.
     os.environ.update(
         {
-            "DATABASE_URL": admin_url(server_url, options.database),
+            "DATABASE_URL": database_url,
             "DATA_DIR": data_dir,
             "DJANGO_SETTINGS_MODULE": "mcpgw.settings",
         }
     )
     os.environ.pop("REDIS_URL", None)
-    create_database(server_url, options.database)
+    create_database(server_url, name)
     try:
         setup_django()
         from django.core.management import call_command
@@ -257,6 +258,24 @@ def main() -> None:
 
         call_command("migrate", verbosity=0)
         connections.close_all()
+        yield database_url
+    finally:
+        from django.db import connections
+
+        connections.close_all()
+        drop_database(server_url, name)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--database", default="mcpgw_bench", help="scratch database to use")
+    parser.add_argument("--records", type=int, default=100_000, help="chain length to verify")
+    parser.add_argument("--seconds", type=float, default=5.0, help="append time per level")
+    options = parser.parse_args()
+
+    # The writer, verify and export processes inherit the scratch database's URL.
+    with scratch_database(options.database, "benchmark"):
         print(f"audit bench on database {options.database} ({os.cpu_count()} CPUs)")
 
         for count in WRITER_COUNTS:
@@ -298,11 +317,6 @@ def main() -> None:
         else:
             print("export: skipped (audit.export has no CSV generator in this checkout)")
         print(f"peak RSS of the benchmark's own process: {peak_rss_mib():.0f} MiB")
-    finally:
-        from django.db import connections
-
-        connections.close_all()
-        drop_database(server_url, options.database)
 
 
 if __name__ == "__main__":

@@ -24,10 +24,8 @@ used per statement (read from /proc, so only where Postgres runs on this machine
 import argparse
 import asyncio
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -38,7 +36,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.audit_bench import admin_url, create_database, drop_database, setup_django
+from bench.audit_bench import scratch_database
 
 
 def backend_cpu_seconds(pid: int) -> float | None:
@@ -207,29 +205,9 @@ def main() -> None:
     parser.add_argument("--statements", type=int, default=3000, help="per kind of statement")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds")
     options = parser.parse_args()
-    server_url = os.environ.get("DATABASE_URL", "")
-    if not server_url.startswith(("postgres://", "postgresql://")):
-        sys.exit("set DATABASE_URL to a Postgres server (the script makes its own database)")
     if options.rounds < 1 or options.statements < 1 or options.statements % options.rounds:
         sys.exit("--statements must be a multiple of --rounds, both at least 1")
-    database_url = admin_url(server_url, options.database)
-    data_dir = tempfile.mkdtemp(prefix="mcpgw-floor-")
-    os.environ.update(
-        {
-            "DATABASE_URL": database_url,
-            "DATA_DIR": data_dir,
-            "DJANGO_SETTINGS_MODULE": "mcpgw.settings",
-        }
-    )
-    os.environ.pop("REDIS_URL", None)
-    create_database(server_url, options.database)
-    try:
-        setup_django()
-        from django.core.management import call_command
-        from django.db import connections
-
-        call_command("migrate", verbosity=0)
-        connections.close_all()
+    with scratch_database(options.database, "script") as database_url:
         with psycopg.connect(database_url) as conn:
             version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
             flush = conn.execute("SHOW wal_sync_method").fetchone()[0]  # type: ignore[index]
@@ -238,15 +216,14 @@ def main() -> None:
             f"(wal_sync_method {flush}), {options.statements} statements of each kind "
             f"in {options.rounds} alternating rounds, one at a time"
         )
+        from django.db import connections
+
         result, size = masked_result()
         connections.close_all()
         series = asyncio.run(run(database_url, options.statements, options.rounds, result, size))
         print(f"{'statement':48s} {'p50 µs':>7s} {'p90 µs':>7s}   backend CPU/statement")
         for one in series:
             print(one.line())
-    finally:
-        drop_database(server_url, options.database)
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
