@@ -266,6 +266,7 @@ def _stamp(name: str) -> None:
 def install_phases() -> None:
     """Stamps for the phases of a tools/call (see the module's docstring)."""
     from audit import writer
+    from audit.models import Kind
     from gateway import endpoint, pipeline, upstream
 
     def around(owner: Any, attribute: str, before: str | None, after: str | None) -> None:
@@ -311,14 +312,14 @@ def install_phases() -> None:
     append_many = writer.PostgresChain.append_many
 
     async def stamped_append_many(self: Any, rows: list[dict[str, Any]]) -> Any:
-        stamp_records([r["call_id"] for r in rows if r.get("kind") == "call.request"], "writer")
+        stamp_records([r["call_id"] for r in rows if r.get("kind") == Kind.CALL_REQUEST], "writer")
         return await append_many(self, rows)
 
     writer.PostgresChain.append_many = stamped_append_many
     append_at = writer.PostgresChain._append_at
 
     async def stamped_append_at(self: Any, connection: Any, records: Any, head: Any) -> Any:
-        calls = [record.call_id for record in records if record.kind == "call.request"]
+        calls = [record.call_id for record in records if record.kind == Kind.CALL_REQUEST]
         stamp_records(calls, "sent")
         result = await append_at(self, connection, records, head)
         stamp_records(calls, "committed")
