@@ -14,7 +14,12 @@ times in alternating rounds:
 - the same insert with `synchronous_commit = off`, for comparison only: no wait for the
   flush (the gateway never writes its records so);
 - the audit writer's own append (`audit.writer`, as the data path calls it) of a call's
-  request record, and of its outcome record holding the benchmark's 10 KB result, masked.
+  request record, and of its outcome record holding the benchmark's 10 KB result, masked;
+- with no database at all: 512 bytes written to a local file and flushed to its disk
+  (`fdatasync`), at the next offset of a file allocated beforehand, as Postgres writes its
+  log. The file is made in --flush-dir (the current directory unless given) and removed at
+  the end; the line says whether that is the file system of the database's data directory.
+  This is what any durable record costs on that disk, with no round trip and no statement.
 
 For each it prints the median and 90th percentile in µs (the writer's appends include
 building and hashing the record in this process), and the CPU time the database's backend
@@ -26,6 +31,7 @@ import asyncio
 import os
 import statistics
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -68,14 +74,14 @@ class Series:
 
 
 async def measure(
-    series: Series, pid: int, statement: Callable[[], Awaitable[object]], count: int
+    series: Series, pid: int | None, statement: Callable[[], Awaitable[object]], count: int
 ) -> None:
-    before = backend_cpu_seconds(pid)
+    before = None if pid is None else backend_cpu_seconds(pid)
     for _ in range(count):
         start = time.perf_counter()
         await statement()
         series.times.append(time.perf_counter() - start)
-    after = backend_cpu_seconds(pid)
+    after = None if pid is None else backend_cpu_seconds(pid)
     if before is None or after is None:
         series.cpu_known = False
     else:
@@ -131,15 +137,59 @@ def masked_result() -> tuple[object, int]:
     return masked, len(canonical(masked))
 
 
+# What one local flush writes: about a request record's row.
+FLUSHED_BYTES = 512
+
+
+class LocalLog:
+    """A file allocated beforehand and written at the next offset, each write flushed to
+    the disk (`fdatasync`), as Postgres writes its log; removed by `close`."""
+
+    def __init__(self, directory: str, writes: int) -> None:
+        self.fd, self.path = tempfile.mkstemp(prefix="commit-floor-", dir=directory)
+        self.offset = 0
+        try:
+            os.posix_fallocate(self.fd, 0, FLUSHED_BYTES * writes)
+            os.fsync(self.fd)
+        except BaseException:
+            self.close()
+            raise
+
+    async def write(self) -> None:
+        os.pwrite(self.fd, b"r" * FLUSHED_BYTES, self.offset)
+        os.fdatasync(self.fd)
+        self.offset += FLUSHED_BYTES
+
+    def close(self) -> None:
+        os.close(self.fd)
+        os.unlink(self.path)
+
+
+def same_file_system(directory: str, data_directory: str) -> str:
+    """Whether a directory is on the file system of the database's data directory: "yes",
+    "no", or "unknown" where that directory cannot be read (another machine, a container)."""
+    try:
+        same = os.stat(directory).st_dev == os.stat(data_directory).st_dev
+    except OSError:
+        return "unknown"
+    return "yes" if same else "no"
+
+
 async def run(
-    database_url: str, statements: int, rounds: int, result: object, size: int
+    database_url: str,
+    statements: int,
+    rounds: int,
+    result: object,
+    size: int,
+    local: LocalLog,
+    local_label: str,
 ) -> list[Series]:
     from audit import writer
 
     plain = await psycopg.AsyncConnection.connect(database_url, autocommit=True)
     unflushed = await psycopg.AsyncConnection.connect(database_url, autocommit=True)
     try:
-        return await _run(plain, unflushed, statements, rounds, result, size)
+        return await _run(plain, unflushed, statements, rounds, result, size, local, local_label)
     finally:
         await plain.close()
         await unflushed.close()
@@ -154,6 +204,8 @@ async def _run(
     rounds: int,
     result: object,
     size: int,
+    local: LocalLog,
+    local_label: str,
 ) -> list[Series]:
     from audit import writer
 
@@ -189,6 +241,7 @@ async def _run(
         ),
         (Series("audit append: request record"), writer_pid, append_request),
         (Series(f"audit append: outcome record ({size:,} B result)"), writer_pid, append_outcome),
+        (Series(local_label), None, local.write),
     ]
     for _, _, statement in plan:  # warm-up: plans prepared, caches filled
         for _ in range(50):
@@ -204,13 +257,19 @@ def main() -> None:
     parser.add_argument("--database", default="mcpgw_floor", help="scratch database to use")
     parser.add_argument("--statements", type=int, default=3000, help="per kind of statement")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds")
+    parser.add_argument(
+        "--flush-dir", default=".", help="where the local file of the last line is made"
+    )
     options = parser.parse_args()
     if options.rounds < 1 or options.statements < 1 or options.statements % options.rounds:
         sys.exit("--statements must be a multiple of --rounds, both at least 1")
+    if not os.path.isdir(options.flush_dir) or not os.access(options.flush_dir, os.W_OK):
+        sys.exit(f"--flush-dir {options.flush_dir}: not a directory this process may write in")
     with scratch_database(options.database, "script") as database_url:
         with psycopg.connect(database_url) as conn:
             version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
             flush = conn.execute("SHOW wal_sync_method").fetchone()[0]  # type: ignore[index]
+            data_directory = conn.execute("SHOW data_directory").fetchone()[0]  # type: ignore[index]
         print(
             f"commit floor on {os.cpu_count()} CPUs, PostgreSQL {version} "
             f"(wal_sync_method {flush}), {options.statements} statements of each kind "
@@ -220,7 +279,23 @@ def main() -> None:
 
         result, size = masked_result()
         connections.close_all()
-        series = asyncio.run(run(database_url, options.statements, options.rounds, result, size))
+        same = same_file_system(options.flush_dir, data_directory)
+        local_label = f"local file: {FLUSHED_BYTES} B + fdatasync (same fs: {same})"
+        local = LocalLog(options.flush_dir, options.statements + 50)
+        try:
+            series = asyncio.run(
+                run(
+                    database_url,
+                    options.statements,
+                    options.rounds,
+                    result,
+                    size,
+                    local,
+                    local_label,
+                )
+            )
+        finally:
+            local.close()
         print(f"{'statement':48s} {'p50 µs':>7s} {'p90 µs':>7s}   backend CPU/statement")
         for one in series:
             print(one.line())

@@ -205,7 +205,7 @@ def test_upstream_client_cost_prints_each_client_per_round():
 
 
 @pytest.mark.skipif(not _server_url(), reason="the commit floor is measured on Postgres")
-def test_commit_floor_prints_each_statement_and_drops_its_database():
+def test_commit_floor_prints_each_statement_and_drops_its_database(tmp_path):
     done = subprocess.run(
         [
             sys.executable,
@@ -217,6 +217,8 @@ def test_commit_floor_prints_each_statement_and_drops_its_database():
             "20",
             "--rounds",
             "2",
+            "--flush-dir",
+            str(tmp_path),
         ],
         cwd=ROOT,
         capture_output=True,
@@ -236,12 +238,34 @@ def test_commit_floor_prints_each_statement_and_drops_its_database():
         "audit append: request record",
     ]
     assert labels[4].startswith("audit append: outcome record (")
+    # Postgres runs on this machine, its data directory elsewhere than pytest's tmp_path.
+    assert labels[5] in (
+        "local file: 512 B + fdatasync (same fs: yes)",
+        "local file: 512 B + fdatasync (same fs: no)",
+    )
+    assert len(labels) == 6
     for line in lines[2:]:
         p50, p90 = (float(value) for value in line[48:].split()[:2])
         assert 0 < p50 <= p90
+    assert lines[7].split()[-1] == "n/a"  # no backend CPU for a file's flush
+    assert list(tmp_path.iterdir()) == []
     with psycopg.connect(admin_url(_server_url(), "postgres")) as conn:
         left = conn.execute("SELECT 1 FROM pg_database WHERE datname = 'mcpgw_floor_ci'")
         assert left.fetchone() is None
+
+
+def test_commit_floor_refuses_a_flush_dir_it_cannot_write_in(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.commit_floor", "--flush-dir", str(tmp_path / "none")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "not a directory this process may write in" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_commit_floor_refuses_a_database_that_is_not_postgres(monkeypatch):
