@@ -150,6 +150,14 @@ def head_statement() -> str:
     return f"SELECT seq, hash FROM {table} WHERE id = 1{lock}"  # noqa: S608
 
 
+@cache
+def head_now_statement() -> bytes:
+    """Postgres: the chain head's sequence number and hash as committed now, without a lock
+    (in UTF-8, for libpq)."""
+    table = backend(AuditHead.objects.db).ops.quote_name(AuditHead._meta.db_table)
+    return f"SELECT seq, hash FROM {table} WHERE id = 1".encode()  # noqa: S608
+
+
 def insert_statement(records: list[AuditRecord]) -> tuple[str, list[Any]]:
     """Postgres: the records and the new chain head in one statement (one round trip, none
     of the ORM's per-row compiling on the data path's hottest write)."""
@@ -169,7 +177,14 @@ def append_at_statement(records: list[AuditRecord], head: tuple[int, str]) -> tu
     is still `head` (waiting for a writer that holds it), and inserts the records only if
     it moved it. So no lock is held between reading the head and writing after it, and
     nothing is written after a head that another writer has moved since: the statement then
-    inserts no row and the caller appends under the lock instead (`head_statement`)."""
+    inserts no row.
+
+    It answers one row: how many records it inserted, and the chain head as the statement
+    found it when it began (not as it moved it). When another writer (another gateway
+    process, the console) had moved the head before that, this is their head, and the
+    caller may build its records after it and send them again, without a lock. When the
+    head was moved while the statement ran (it waited for that writer's lock), this is
+    `head` itself, and the caller reads where the head is now (`head_now_statement`)."""
     params = [records[-1].seq, records[-1].hash, head[0], head[1], _json_parameter(records)]
     return _append_at_text(), params
 
@@ -181,8 +196,9 @@ def _append_at_text() -> str:
     return (
         f"WITH moved AS (UPDATE {head_table} SET seq = %s, hash = %s "  # noqa: S608
         f"WHERE id = 1 AND seq = %s AND hash = %s RETURNING 1) "
-        f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {recordset} "
-        f"WHERE EXISTS (SELECT 1 FROM moved)"
+        f", inserted AS (INSERT INTO {table} ({columns}) SELECT {columns} FROM {recordset} "
+        f"WHERE EXISTS (SELECT 1 FROM moved) RETURNING 1) "
+        f"SELECT (SELECT count(*) FROM inserted), seq, hash FROM {head_table} WHERE id = 1"
     )
 
 

@@ -56,6 +56,9 @@ MAX_BATCH = 256
 # while that batch commits, when the gateway would otherwise only wait, and written after.
 LINGER_SECONDS = 0.002
 COMPOSE_LATER_SECONDS = 0.003
+# How many statements a batch may try to append after a head it knows, each after the head
+# the one before it found, before it is appended under the head's lock.
+OPTIMISTIC_TRIES = 3
 
 _append_many_in_thread = sync_to_async(chain.append_many, thread_sensitive=False)
 
@@ -67,9 +70,14 @@ class PostgresChain:
     The writer keeps the head it last wrote: the next records go after it in one statement,
     one round trip and no transaction around it (`chain.append_at_statement`). That
     statement writes nothing if another writer (another process, the console) has moved the
-    head since; the records are then appended under the head's lock, which reads the head
-    afresh (pipelined: lock and read the head in one round trip, insert, move the head and
-    commit in a second)."""
+    head since, and answers the head it found (or, where the head moved while the
+    statement ran, the writer reads it: one more round trip, no lock): the records are then
+    built after that head and sent again, still without a lock, up to OPTIMISTIC_TRIES
+    statements in all. With several gateway processes on one chain, each process's next
+    batch mostly finds the head moved by another, and the head's lock is then held only
+    while a statement commits. Where the tries run out, the records are appended under the
+    head's lock, which reads the head afresh (pipelined: lock and read the head in one
+    round trip, insert, move the head and commit in a second)."""
 
     def __init__(self) -> None:
         self._connection: Any = None
@@ -103,8 +111,12 @@ class PostgresChain:
         # Forgotten until these records are written: after a failure the head is read again.
         known, self._head = self._head, None
         appended = None
-        if known is not None:
-            appended = await self._append_after(connection, rows, known)
+        tries = 0
+        while known is not None and tries < OPTIMISTIC_TRIES:
+            tries += 1
+            appended, known = await self._append_after(connection, rows, known)
+            if appended is not None:
+                break
         if appended is None:
             appended = await self._append_locked(connection, rows)
         head_seq, records = appended
@@ -115,11 +127,13 @@ class PostgresChain:
 
     async def _append_after(
         self, connection: Any, rows: list[dict[str, Any]], head: tuple[int, str]
-    ) -> tuple[int, list[AuditRecord]] | None:
-        """The records appended after `head`, or None if the head has moved since."""
+    ) -> tuple[tuple[int, list[AuditRecord]] | None, tuple[int, str] | None]:
+        """The records appended after `head`; or, if the head has moved since, None and the
+        head that another writer had moved it to, where the statement found one to try next
+        (see `chain.append_at_statement`)."""
         records = chain.build(rows, *head)
         try:
-            appended = await self._append_at(connection, records, head)
+            appended, found = await self._append_at(connection, records, head)
         except BaseException as exc:
             if connection.broken:
                 await self.aclose()
@@ -127,42 +141,70 @@ class PostgresChain:
                     # Whether the statement committed before the connection broke: it
                     # wrote all of the records or none.
                     if await self._written(records[-1]):
-                        return head[0], records
+                        return (head[0], records), None
                     raise _DiedBeforeWriting from exc
             raise
-        if appended != len(records):
-            return None
-        return head[0], records
+        if appended == len(records):
+            return (head[0], records), None
+        if found == head:
+            # The head moved while the statement ran (it waited for that writer's lock, and
+            # found the head as it was before): where it is now, read without a lock.
+            try:
+                found = await self._read_head(connection)
+            except psycopg.OperationalError as exc:
+                if connection.broken:
+                    # Nothing of these records was written: a new connection may write them.
+                    await self.aclose()
+                    raise _DiedBeforeWriting from exc
+                raise
+        return None, found
 
-    async def _append_at(
-        self, connection: Any, records: list[AuditRecord], head: tuple[int, str]
-    ) -> int:
-        """`chain.append_at_statement`, as a statement prepared once per connection and run
-        through libpq's own asynchronous calls (`_run`): what psycopg's cursor.execute
-        sends, without its per-statement work in Python (single-row inserts in a loop took
-        85 µs of CPU each through cursor.execute, 39 µs this way). Returns how many records
-        it inserted."""
+    async def _read_head(self, connection: Any) -> tuple[int, str] | None:
+        """The chain head as committed now, read without a lock (None if there is none)."""
+        result = await self._send(
+            connection, lambda pgconn: pgconn.send_query_params(chain.head_now_statement(), None)
+        )
+        if result.ntuples != 1:
+            return None
+        seq, hash_ = result.get_value(0, 0), result.get_value(0, 1)
+        return int(seq), hash_.decode("ascii")
+
+    async def _send(self, connection: Any, send: Callable[[Any], None]) -> "pq.abc.PGresult":
+        """One command on the writer's connection, through `_run`."""
         pgconn = connection.pgconn
         try:
             readable = self._readable
             if readable is None or readable.connection is not connection:
                 self._stop_watching()
                 readable = self._readable = _Readable(connection)
-            if self._prepared is not connection:
-                prepare = chain.append_at_prepared()
-                await _run(pgconn, readable, lambda: pgconn.send_prepare(APPEND, prepare))
-                self._prepared = connection
-            values = chain.append_at_values(records, head)
-            result = await _run(
-                pgconn, readable, lambda: pgconn.send_query_prepared(APPEND, values)
-            )
+            return await _run(pgconn, readable, lambda: send(pgconn))
         except BaseException:
             if pgconn.transaction_status == pq.TransactionStatus.ACTIVE:
-                # Stopped (cancelled) while the statement ran: the connection still has it
+                # Stopped (cancelled) while the command ran: the connection still has it
                 # under way and can take no other; the next records go on a new one.
                 self.discard()
             raise
-        return result.command_tuples or 0
+
+    async def _append_at(
+        self, connection: Any, records: list[AuditRecord], head: tuple[int, str]
+    ) -> tuple[int, tuple[int, str] | None]:
+        """`chain.append_at_statement`, as a statement prepared once per connection and run
+        through libpq's own asynchronous calls (`_run`): what psycopg's cursor.execute
+        sends, without its per-statement work in Python (single-row inserts in a loop took
+        85 µs of CPU each through cursor.execute, 39 µs this way). Returns how many records
+        it inserted and the head the statement found (None if the database has none)."""
+        if self._prepared is not connection:
+            prepare = chain.append_at_prepared()
+            await self._send(connection, lambda pgconn: pgconn.send_prepare(APPEND, prepare))
+            self._prepared = connection
+        values = chain.append_at_values(records, head)
+        result = await self._send(
+            connection, lambda pgconn: pgconn.send_query_prepared(APPEND, values)
+        )
+        if result.ntuples != 1:
+            return 0, None
+        inserted, seq, hash_ = (result.get_value(0, column) for column in range(3))
+        return int(inserted), (int(seq), hash_.decode("ascii"))
 
     async def _append_locked(
         self, connection: Any, rows: list[dict[str, Any]]

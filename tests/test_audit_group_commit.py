@@ -135,18 +135,107 @@ async def test_records_follow_a_head_that_another_writer_moved(transactions):
     assert result.verified == 11
 
 
-async def test_a_record_waits_for_a_writer_that_holds_the_head(transactions):
-    """Another process holds the head's lock while the writer appends: the record is
-    written after that process's record, once it commits."""
+@pytest.fixture
+def on_postgres() -> None:
     from django.db import connection
 
     if connection.vendor != "postgresql":
         pytest.skip("the writer keeps a connection of its own on Postgres only")
+
+
+@pytest.fixture
+def statements(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[int]]:
+    """The head after which each statement of the writer's tried to append ("tries"), and
+    the size of each batch appended under the head's lock ("locked")."""
+    seen: dict[str, list[int]] = {"tries": [], "locked": []}
+    append_at = writer.PostgresChain._append_at
+    append_locked = writer.PostgresChain._append_locked
+
+    async def tried(self: Any, connection: Any, records: Any, head: tuple[int, str]) -> Any:
+        seen["tries"].append(head[0])
+        return await append_at(self, connection, records, head)
+
+    async def locked(self: Any, connection: Any, rows: list[dict[str, Any]]) -> Any:
+        seen["locked"].append(len(rows))
+        return await append_locked(self, connection, rows)
+
+    monkeypatch.setattr(writer.PostgresChain, "_append_at", tried)
+    monkeypatch.setattr(writer.PostgresChain, "_append_locked", locked)
+    return seen
+
+
+async def test_records_go_after_a_head_another_writer_moved_without_its_lock(
+    transactions, on_postgres, statements
+):
+    """Another writer appended since this writer's last record (as other gateway processes
+    on the same chain mostly have): the statement that finds the head moved answers where
+    it is, and the records go after it in a second statement, with no lock taken."""
+    first = await writer.append(**request_fields(1))
+    assert statements["locked"] == [1]  # a new writer reads the head under its lock
+    statements["tries"].clear()
+    await asyncio.to_thread(chain.append, **request_fields(2, connection="other"))
+    await asyncio.to_thread(chain.append, **request_fields(3, connection="other"))
+
+    ours = await writer.append(**request_fields(4))
+
+    assert statements["tries"] == [first.seq, first.seq + 2]
+    assert statements["locked"] == [1]
+    assert ours.seq == first.seq + 3
+    targets = await asyncio.to_thread(
+        lambda: list(AuditRecord.objects.order_by("seq").values_list("target", flat=True))
+    )
+    assert targets == ["tool-1", "tool-2", "tool-3", "tool-4"]
+    result = await asyncio.to_thread(chain.verify)
+    assert result.ok, result.error
+
+
+async def test_a_head_that_moves_before_every_try_is_appended_after_under_its_lock(
+    transactions, on_postgres, statements, monkeypatch
+):
+    """Another writer moves the head before each of this writer's statements: after
+    OPTIMISTIC_TRIES statements, each after the head the one before found, the records are
+    appended under the head's lock, so a batch is written whatever the others do."""
+    first = await writer.append(**request_fields(0))
+    statements["tries"].clear()
+    statements["locked"].clear()
+    tried = writer.PostgresChain._append_at
+    others: list[int] = []
+
+    async def moved_first(self: Any, connection: Any, records: Any, head: Any) -> Any:
+        others.append(len(others) + 1)
+        await asyncio.to_thread(chain.append, **request_fields(100 + others[-1]))
+        return await tried(self, connection, records, head)
+
+    monkeypatch.setattr(writer.PostgresChain, "_append_at", moved_first)
+
+    ours = await writer.append(**request_fields(1))
+
+    tries = writer.OPTIMISTIC_TRIES
+    assert statements["tries"] == [first.seq + n for n in range(tries)]
+    assert statements["locked"] == [1]
+    assert ours.seq == first.seq + tries + 1
+    targets = await asyncio.to_thread(
+        lambda: list(AuditRecord.objects.order_by("seq").values_list("target", flat=True))
+    )
+    assert targets == ["tool-0", *(f"tool-{100 + n}" for n in others), "tool-1"]
+    result = await asyncio.to_thread(chain.verify)
+    assert result.ok, result.error
+
+
+async def test_a_record_waits_for_a_writer_that_holds_the_head(
+    transactions, on_postgres, statements
+):
+    """Another process holds the head's lock while the writer appends: the record is
+    written after that process's record, once it commits. The writer's statement found the
+    head as it was before it waited; the writer reads where it is now and appends after
+    it, without taking the lock itself."""
     import psycopg
 
     from mcpgw import pg
 
-    await writer.append(**request_fields(1))
+    first = await writer.append(**request_fields(1))
+    statements["tries"].clear()
+    statements["locked"].clear()
     async with await psycopg.AsyncConnection.connect(pg.conninfo("test-other")) as other:
         async with other.transaction():
             cursor = other.cursor()
@@ -163,6 +252,8 @@ async def test_a_record_waits_for_a_writer_that_holds_the_head(transactions):
 
     assert ours.seq == theirs.seq + 1
     assert ours.prev_hash == theirs.hash
+    assert statements["tries"] == [first.seq, first.seq + 1]
+    assert statements["locked"] == []
     result = await asyncio.to_thread(chain.verify)
     assert result.ok, result.error
     assert result.verified == 3
