@@ -102,8 +102,9 @@ class PostgresChain:
             return await self._append_many(rows)
         except _DiedBeforeWriting:
             # The kept connection had died while idle (a restarted or failed-over
-            # database, an idle timeout) and the records are not in the chain: a new
-            # connection may write them. A connection that dies after that fails them.
+            # database, an idle timeout), or between two statements for these records,
+            # and the records are not in the chain: a new connection may write them. A
+            # connection that dies after that fails them.
             return await self._append_many(rows)
 
     async def _append_many(self, rows: list[dict[str, Any]]) -> list[AuditRecord]:
@@ -114,7 +115,8 @@ class PostgresChain:
         tries = 0
         while known is not None and tries < OPTIMISTIC_TRIES:
             tries += 1
-            appended, known = await self._append_after(connection, rows, known)
+            last = tries == OPTIMISTIC_TRIES
+            appended, known = await self._append_after(connection, rows, known, read=not last)
             if appended is not None:
                 break
         if appended is None:
@@ -126,11 +128,16 @@ class PostgresChain:
         return records
 
     async def _append_after(
-        self, connection: Any, rows: list[dict[str, Any]], head: tuple[int, str]
+        self,
+        connection: Any,
+        rows: list[dict[str, Any]],
+        head: tuple[int, str],
+        *,
+        read: bool = True,
     ) -> tuple[tuple[int, list[AuditRecord]] | None, tuple[int, str] | None]:
         """The records appended after `head`; or, if the head has moved since, None and the
         head that another writer had moved it to, where the statement found one to try next
-        (see `chain.append_at_statement`)."""
+        (see `chain.append_at_statement`), or read it (where `read`)."""
         records = chain.build(rows, *head)
         try:
             appended, found = await self._append_at(connection, records, head)
@@ -146,7 +153,11 @@ class PostgresChain:
             raise
         if appended == len(records):
             return (head[0], records), None
+        if appended:
+            raise RuntimeError(f"the audit statement inserted {appended} of {len(records)} records")
         if found == head:
+            if not read:
+                return None, None
             # The head moved while the statement ran (it waited for that writer's lock, and
             # found the head as it was before): where it is now, read without a lock.
             try:

@@ -290,10 +290,12 @@ def install_phases() -> None:
     # are kept by the request record's call id, and go to the call once it is recorded.
     by_call: dict[Any, dict[str, float]] = {}
 
-    def stamp_records(calls: list[Any], name: str) -> None:
+    def stamp_records(calls: list[Any], name: str, *, again: bool = False) -> None:
         now = time.perf_counter()
         for call_id in calls:
-            by_call.setdefault(call_id, {}).setdefault(name, now)
+            stamps = by_call.setdefault(call_id, {})
+            if again or name not in stamps:
+                stamps[name] = now
 
     record_request = pipeline.record_request
 
@@ -322,7 +324,8 @@ def install_phases() -> None:
         calls = [record.call_id for record in records if record.kind == Kind.CALL_REQUEST]
         stamp_records(calls, "sent")
         result = await append_at(self, connection, records, head)
-        stamp_records(calls, "committed")
+        # The last statement's answer: a batch that finds the head moved is sent again.
+        stamp_records(calls, "committed", again=True)
         return result
 
     writer.PostgresChain._append_at = stamped_append_at

@@ -145,11 +145,18 @@ def on_postgres() -> None:
 
 @pytest.fixture
 def statements(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[int]]:
-    """The head after which each statement of the writer's tried to append ("tries"), and
-    the size of each batch appended under the head's lock ("locked")."""
-    seen: dict[str, list[int]] = {"tries": [], "locked": []}
+    """The head after which each statement of the writer's tried to append ("tries"), the
+    size of each batch appended under the head's lock ("locked"), and the head each read of
+    it without a lock found ("reads")."""
+    seen: dict[str, list[int]] = {"tries": [], "locked": [], "reads": []}
     append_at = writer.PostgresChain._append_at
     append_locked = writer.PostgresChain._append_locked
+    read_head = writer.PostgresChain._read_head
+
+    async def read(self: Any, connection: Any) -> Any:
+        head = await read_head(self, connection)
+        seen["reads"].append(head[0] if head else None)
+        return head
 
     async def tried(self: Any, connection: Any, records: Any, head: tuple[int, str]) -> Any:
         seen["tries"].append(head[0])
@@ -161,6 +168,7 @@ def statements(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[int]]:
 
     monkeypatch.setattr(writer.PostgresChain, "_append_at", tried)
     monkeypatch.setattr(writer.PostgresChain, "_append_locked", locked)
+    monkeypatch.setattr(writer.PostgresChain, "_read_head", read)
     return seen
 
 
@@ -178,7 +186,9 @@ async def test_records_go_after_a_head_another_writer_moved_without_its_lock(
 
     ours = await writer.append(**request_fields(4))
 
+    # The statement itself said where the head was: no read.
     assert statements["tries"] == [first.seq, first.seq + 2]
+    assert statements["reads"] == []
     assert statements["locked"] == [1]
     assert ours.seq == first.seq + 3
     targets = await asyncio.to_thread(
@@ -212,6 +222,7 @@ async def test_a_head_that_moves_before_every_try_is_appended_after_under_its_lo
 
     tries = writer.OPTIMISTIC_TRIES
     assert statements["tries"] == [first.seq + n for n in range(tries)]
+    assert statements["reads"] == []
     assert statements["locked"] == [1]
     assert ours.seq == first.seq + tries + 1
     targets = await asyncio.to_thread(
@@ -236,6 +247,7 @@ async def test_a_record_waits_for_a_writer_that_holds_the_head(
     first = await writer.append(**request_fields(1))
     statements["tries"].clear()
     statements["locked"].clear()
+    pid = writer.writer()._postgres._connection.pgconn.backend_pid
     async with await psycopg.AsyncConnection.connect(pg.conninfo("test-other")) as other:
         async with other.transaction():
             cursor = other.cursor()
@@ -246,13 +258,26 @@ async def test_a_record_waits_for_a_writer_that_holds_the_head(
             )
             await cursor.execute(*await asyncio.to_thread(chain.insert_statement, [theirs]))
             waiting = asyncio.ensure_future(writer.append(**request_fields(3)))
-            await asyncio.sleep(0.3)
+            # The writer's statement is under way, waiting for the head's lock.
+            async with await psycopg.AsyncConnection.connect(
+                pg.conninfo("test-watch"), autocommit=True
+            ) as watch:
+                for _ in range(500):
+                    await asyncio.sleep(0.01)
+                    found = await watch.execute(
+                        "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", [pid]
+                    )
+                    if await found.fetchone() == ("Lock",):
+                        break
+                else:
+                    pytest.fail("the writer's statement never waited for the head's lock")
             assert not waiting.done()
         ours = await waiting
 
     assert ours.seq == theirs.seq + 1
     assert ours.prev_hash == theirs.hash
     assert statements["tries"] == [first.seq, first.seq + 1]
+    assert statements["reads"] == [theirs.seq]
     assert statements["locked"] == []
     result = await asyncio.to_thread(chain.verify)
     assert result.ok, result.error
@@ -297,7 +322,9 @@ async def test_a_write_stopped_midway_leaves_the_writer_able_to_write(transactio
     assert targets in (["tool-1", "tool-3"], ["tool-1", "tool-2", "tool-3"])
 
 
-async def test_the_writer_registers_its_socket_once_and_leaves_nothing_open(transactions):
+async def test_the_writer_registers_its_socket_once_and_leaves_nothing_open(
+    transactions, statements, monkeypatch
+):
     """The writer waits for its statements' answers through one registration with the
     event loop, kept between statements; psycopg's own statements on the same connection
     (the locked append after another writer moved the head) still get their answers; and
@@ -321,11 +348,19 @@ async def test_the_writer_registers_its_socket_once_and_leaves_nothing_open(tran
         for n in range(1, 21):
             await writer.append(**request_fields(n))
         assert len(registrations) <= 1, registrations
-        # Another writer moves the head: the locked append runs through psycopg, then
-        # the writer's own appends go on.
+        # Another writer moves the head, and the writer appends after it under its lock
+        # at once (tries left out): psycopg's statements; then the writer's own appends
+        # go on.
         await asyncio.to_thread(chain.append, **request_fields(21))
-        for n in range(22, 27):
+        tries = writer.OPTIMISTIC_TRIES
+        monkeypatch.setattr(writer, "OPTIMISTIC_TRIES", 0)
+        await writer.append(**request_fields(22))
+        assert statements["locked"][-1] == 1
+        monkeypatch.setattr(writer, "OPTIMISTIC_TRIES", tries)
+        locked = len(statements["locked"])
+        for n in range(23, 27):
             await writer.append(**request_fields(n))
+        assert len(statements["locked"]) == locked
     finally:
         del loop.add_reader
     result = await asyncio.to_thread(chain.verify)
