@@ -145,7 +145,8 @@ class LocalLog:
     """A file allocated beforehand and written at the next offset, each write flushed to
     the disk (`fdatasync`), as Postgres writes its log; removed by `close`."""
 
-    def __init__(self, directory: str, writes: int) -> None:
+    def __init__(self, directory: str, writes: int, label: str) -> None:
+        self.label = label
         self.fd, self.path = tempfile.mkstemp(prefix="commit-floor-", dir=directory)
         self.offset = 0
         try:
@@ -182,14 +183,13 @@ async def run(
     result: object,
     size: int,
     local: LocalLog,
-    local_label: str,
 ) -> list[Series]:
     from audit import writer
 
     plain = await psycopg.AsyncConnection.connect(database_url, autocommit=True)
     unflushed = await psycopg.AsyncConnection.connect(database_url, autocommit=True)
     try:
-        return await _run(plain, unflushed, statements, rounds, result, size, local, local_label)
+        return await _run(plain, unflushed, statements, rounds, result, size, local)
     finally:
         await plain.close()
         await unflushed.close()
@@ -205,7 +205,6 @@ async def _run(
     result: object,
     size: int,
     local: LocalLog,
-    local_label: str,
 ) -> list[Series]:
     from audit import writer
 
@@ -241,7 +240,7 @@ async def _run(
         ),
         (Series("audit append: request record"), writer_pid, append_request),
         (Series(f"audit append: outcome record ({size:,} B result)"), writer_pid, append_outcome),
-        (Series(local_label), None, local.write),
+        (Series(local.label), None, local.write),
     ]
     for _, _, statement in plan:  # warm-up: plans prepared, caches filled
         for _ in range(50):
@@ -280,19 +279,11 @@ def main() -> None:
         result, size = masked_result()
         connections.close_all()
         same = same_file_system(options.flush_dir, data_directory)
-        local_label = f"local file: {FLUSHED_BYTES} B + fdatasync (same fs: {same})"
-        local = LocalLog(options.flush_dir, options.statements + 50)
+        label = f"local file: {FLUSHED_BYTES} B + fdatasync (same fs: {same})"
+        local = LocalLog(options.flush_dir, options.statements + 50, label)
         try:
             series = asyncio.run(
-                run(
-                    database_url,
-                    options.statements,
-                    options.rounds,
-                    result,
-                    size,
-                    local,
-                    local_label,
-                )
+                run(database_url, options.statements, options.rounds, result, size, local)
             )
         finally:
             local.close()
