@@ -139,23 +139,15 @@ def _insert_and_move_head(records: list[AuditRecord]) -> None:
         )
 
 
-def head_statement() -> str:
+def head_statement(*, lock: bool = True) -> str:
     """The chain head's sequence number and hash, locked until the transaction ends: where
     the database has row locks (Postgres) by the lock taken here, on SQLite by the write
     lock that the transaction took when it began (Django begins them IMMEDIATE, see
-    settings)."""
+    settings). Without `lock`: the head as committed now."""
     database = backend(AuditHead.objects.db)
     table = database.ops.quote_name(AuditHead._meta.db_table)
-    lock = " FOR UPDATE" if database.features.has_select_for_update else ""
-    return f"SELECT seq, hash FROM {table} WHERE id = 1{lock}"  # noqa: S608
-
-
-@cache
-def head_now_statement() -> bytes:
-    """Postgres: the chain head's sequence number and hash as committed now, without a lock
-    (in UTF-8, for libpq)."""
-    table = backend(AuditHead.objects.db).ops.quote_name(AuditHead._meta.db_table)
-    return f"SELECT seq, hash FROM {table} WHERE id = 1".encode()  # noqa: S608
+    locked = " FOR UPDATE" if lock and database.features.has_select_for_update else ""
+    return f"SELECT seq, hash FROM {table} WHERE id = 1{locked}"  # noqa: S608
 
 
 def insert_statement(records: list[AuditRecord]) -> tuple[str, list[Any]]:
@@ -184,7 +176,8 @@ def append_at_statement(records: list[AuditRecord], head: tuple[int, str]) -> tu
     process, the console) had moved the head before that, this is their head, and the
     caller may build its records after it and send them again, without a lock. When the
     head was moved while the statement ran (it waited for that writer's lock), this is
-    `head` itself, and the caller reads where the head is now (`head_now_statement`)."""
+    `head` itself, and the caller reads where the head is now (`head_statement`, without
+    its lock)."""
     params = [records[-1].seq, records[-1].hash, head[0], head[1], _json_parameter(records)]
     return _append_at_text(), params
 

@@ -153,8 +153,6 @@ class PostgresChain:
             raise
         if appended == len(records):
             return (head[0], records), None
-        if appended:
-            raise RuntimeError(f"the audit statement inserted {appended} of {len(records)} records")
         if found == head:
             if not read:
                 return None, None
@@ -172,8 +170,9 @@ class PostgresChain:
 
     async def _read_head(self, connection: Any) -> tuple[int, str] | None:
         """The chain head as committed now, read without a lock (None if there is none)."""
+        statement = chain.head_statement(lock=False).encode()
         result = await self._send(
-            connection, lambda pgconn: pgconn.send_query_params(chain.head_now_statement(), None)
+            connection, lambda pgconn: pgconn.send_query_params(statement, None)
         )
         if result.ntuples != 1:
             return None

@@ -139,6 +139,7 @@ def masked_result() -> tuple[object, int]:
 
 # What one local flush writes: about a request record's row.
 FLUSHED_BYTES = 512
+_FLUSHED = b"r" * FLUSHED_BYTES
 
 
 class LocalLog:
@@ -157,7 +158,7 @@ class LocalLog:
             raise
 
     async def write(self) -> None:
-        os.pwrite(self.fd, b"r" * FLUSHED_BYTES, self.offset)
+        os.pwrite(self.fd, _FLUSHED, self.offset)
         os.fdatasync(self.fd)
         self.offset += FLUSHED_BYTES
 

@@ -238,7 +238,8 @@ def test_commit_floor_prints_each_statement_and_drops_its_database(tmp_path):
         "audit append: request record",
     ]
     assert labels[4].startswith("audit append: outcome record (")
-    # Postgres runs on this machine, its data directory elsewhere than pytest's tmp_path.
+    # Postgres runs on this machine: whether its data directory shares tmp_path's file
+    # system is known.
     assert labels[5] in (
         "local file: 512 B + fdatasync (same fs: yes)",
         "local file: 512 B + fdatasync (same fs: no)",
