@@ -90,9 +90,7 @@ class PostgresChain:
     async def _connect(self) -> Any:
         if self._connection is None or self._connection.closed or self._connection.broken:
             self._stop_watching()
-            self._connection = await psycopg.AsyncConnection.connect(
-                pg.conninfo("mcpgw-audit-writer"), autocommit=True
-            )
+            self._connection = await pg.connect("mcpgw-audit-writer")
         return self._connection
 
     async def append_many(self, rows: list[dict[str, Any]]) -> list[AuditRecord]:

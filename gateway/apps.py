@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.db.backends.signals import connection_created
 
 
 class GatewayConfig(AppConfig):
@@ -6,6 +7,9 @@ class GatewayConfig(AppConfig):
     verbose_name = "MCP gateway"
 
     def ready(self) -> None:
+        from mcpgw import pg
+
         from . import admission
 
         admission.connect_signals()
+        connection_created.connect(pg.pin_isolation, dispatch_uid="mcpgw.pin_isolation")

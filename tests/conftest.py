@@ -291,6 +291,41 @@ def _allow_flushing_the_audit_trail(request: pytest.FixtureRequest) -> Iterator[
                     time.sleep(0.5)
 
 
+@pytest.fixture(params=["server default", "repeatable read", "serializable"])
+def default_isolation(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The test database's default transaction isolation level, as a DBA may set it with
+    ALTER DATABASE (or ALTER ROLE): every connection opened after this starts with it
+    unless it sets its own. Postgres's own default is READ COMMITTED."""
+    import psycopg
+    from django.db import connection, connections
+    from psycopg import sql
+
+    from mcpgw import pg
+
+    level = request.param
+    if level == "server default":
+        yield level
+        return
+    if connection.vendor != "postgresql":
+        pytest.skip("isolation levels are set on Postgres")
+    database = sql.Identifier(connection.settings_dict["NAME"])
+
+    def alter(clause: sql.Composable) -> None:
+        with psycopg.connect(pg.conninfo("test-admin"), autocommit=True) as admin:
+            admin.execute(sql.SQL("ALTER DATABASE {} {}").format(database, clause))
+
+    alter(sql.SQL("SET default_transaction_isolation = {}").format(sql.Literal(level)))
+    connections.close_all()
+    with psycopg.connect(pg.conninfo("test-probe"), autocommit=True) as probe:
+        shown = probe.execute("SHOW transaction_isolation").fetchone()
+    assert shown == (level,), "the database's default did not take"
+    try:
+        yield level
+    finally:
+        alter(sql.SQL("RESET default_transaction_isolation"))
+        connections.close_all()
+
+
 @pytest.fixture
 def masking_defaults(db: None) -> None:
     """The default masking rules (a migration creates them; transactional tests flush them)."""

@@ -87,7 +87,9 @@ def test_a_decided_request_cannot_be_decided_again(crm, agent_token, alice):
     assert Approval.objects.get(pk=approval.pk).status == Status.DENIED
 
 
-def test_fifty_concurrent_decisions_one_wins(crm, agent_token, alice):
+def test_fifty_concurrent_decisions_one_wins(crm, agent_token, alice, default_isolation):
+    """Whatever isolation level the database gives new connections by default, the
+    decisions that lose the race are refused as already decided, not failed."""
     approvers = [alice, make_bob(), make_user("erin", "approver")]
     approval = hold(crm, agent_token)
     start = threading.Barrier(50)

@@ -13,6 +13,7 @@ import secrets
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -216,6 +217,33 @@ def needs_postgres() -> None:
 
 
 # -- the database refuses changes -------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_transaction_that_read_before_another_append_still_appends(default_isolation):
+    """A console action reads and then audits in one transaction (an approval's decision
+    does), and another writer (a gateway process) appends in between: the action's record
+    goes after the other's, whatever isolation level the database gives new connections by
+    default."""
+    first = chain.append(**typical_row(1))
+
+    def elsewhere() -> None:
+        try:
+            chain.append(**typical_row(2))
+        finally:
+            connection.close()
+
+    with transaction.atomic():
+        assert AuditHead.objects.get(id=1).seq == first.seq  # the transaction's snapshot
+        other = threading.Thread(target=elsewhere)
+        other.start()
+        other.join(timeout=30)
+        ours = chain.append(**typical_row(3))
+
+    assert ours.seq == first.seq + 2
+    result = chain.verify()
+    assert result.ok, result.error
+    assert result.verified == 3
 
 
 @pytest.mark.django_db

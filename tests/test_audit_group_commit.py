@@ -234,12 +234,13 @@ async def test_a_head_that_moves_before_every_try_is_appended_after_under_its_lo
 
 
 async def test_a_record_waits_for_a_writer_that_holds_the_head(
-    transactions, on_postgres, statements
+    transactions, on_postgres, statements, default_isolation
 ):
     """Another process holds the head's lock while the writer appends: the record is
     written after that process's record, once it commits. The writer's statement found the
     head as it was before it waited; the writer reads where it is now and appends after
-    it, without taking the lock itself."""
+    it, without taking the lock itself. So too where the database's default isolation
+    level would fail a statement that waited for a row another transaction changed."""
     import psycopg
 
     from mcpgw import pg
