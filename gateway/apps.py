@@ -12,4 +12,4 @@ class GatewayConfig(AppConfig):
         from . import admission
 
         admission.connect_signals()
-        connection_created.connect(pg.pin_isolation, dispatch_uid="mcpgw.pin_isolation")
+        connection_created.connect(pg.settle_session, dispatch_uid="mcpgw.settle_session")

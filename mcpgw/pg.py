@@ -10,32 +10,51 @@ from typing import Any
 from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-# Every statement of ours is written for Postgres's own default isolation level: a
-# statement that waits for a row another transaction changes goes on with the row as that
-# transaction left it (the audit chain's head, moved by another writer; an approval that
-# another approver decided first). Under REPEATABLE READ or SERIALIZABLE, which a database
-# or a role may have as its default, the same statement fails instead ("could not
-# serialize access due to concurrent update"). So Django's connections and the audit
-# writer's set their own level when they open, whatever the database's default. (A SET
-# statement: PgBouncer refuses this setting in libpq's startup `options`.)
-READ_COMMITTED = "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED"
+# What every connection of ours that writes (Django's and the audit writer's) sets for
+# itself when it opens, whatever the database's or the role's defaults, in one statement:
+#
+# - READ COMMITTED, Postgres's own default, which every statement of ours is written for: a
+#   statement that waits for a row another transaction changes goes on with the row as
+#   that transaction left it (the audit chain's head, moved by another writer; an approval
+#   that another approver decided first). Under REPEATABLE READ or SERIALIZABLE as a
+#   default, the same statement fails instead ("could not serialize access due to
+#   concurrent update").
+# - synchronous_commit on where the default is off: an audit record is written ahead of
+#   the call it records, and a commit that returns before its log is flushed may be lost
+#   with the database's next crash, after the call went upstream. Any other value (local,
+#   remote_write, remote_apply) already waits for the local flush and is kept.
+#
+# Set by a statement, not in libpq's startup `options`, which PgBouncer refuses or drops for
+# these. A connection pooler between the gateway and Postgres keeps them only where it
+# pools sessions (a transaction-pooling one hands each transaction a server connection
+# that may never have run this statement).
+SESSION_SETTINGS = (
+    "SELECT set_config('default_transaction_isolation', 'read committed', false), "
+    "set_config('synchronous_commit', CASE current_setting('synchronous_commit') "
+    "WHEN 'off' THEN 'on' ELSE current_setting('synchronous_commit') END, false)"
+)
 
 
-def pin_isolation(connection: BaseDatabaseWrapper, **kwargs: Any) -> None:
-    """Django's `connection_created` receiver: READ COMMITTED on each new Postgres
+def settle_session(connection: BaseDatabaseWrapper, **kwargs: Any) -> None:
+    """Django's `connection_created` receiver: SESSION_SETTINGS on each new Postgres
     connection."""
     if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(READ_COMMITTED)
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(SESSION_SETTINGS)
+        except BaseException:
+            # Django keeps the connection it just made: never one without these settings.
+            connection.close()
+            raise
 
 
 async def connect(application_name: str) -> Any:
-    """An async connection of our own in autocommit mode, at READ COMMITTED."""
+    """An async connection of our own in autocommit mode, with SESSION_SETTINGS."""
     import psycopg
 
     connection = await psycopg.AsyncConnection.connect(conninfo(application_name), autocommit=True)
     try:
-        await connection.execute(READ_COMMITTED)
+        await connection.execute(SESSION_SETTINGS)
     except BaseException:
         await connection.close()
         raise

@@ -5,6 +5,7 @@ The gateway runs as its own process against the test database, so tests that tal
 use `transactional_db`: what they write is committed and visible to the gateway.
 """
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -291,39 +292,48 @@ def _allow_flushing_the_audit_trail(request: pytest.FixtureRequest) -> Iterator[
                     time.sleep(0.5)
 
 
-@pytest.fixture(params=["server default", "repeatable read", "serializable"])
-def default_isolation(request: pytest.FixtureRequest) -> Iterator[str]:
-    """The test database's default transaction isolation level, as a DBA may set it with
-    ALTER DATABASE (or ALTER ROLE): every connection opened after this starts with it
-    unless it sets its own. Postgres's own default is READ COMMITTED."""
+@contextlib.contextmanager
+def database_default(setting: str, value: str) -> Iterator[None]:
+    """The test database's default for a setting, as a DBA may set it with ALTER DATABASE
+    (or ALTER ROLE): every connection opened meanwhile starts with it unless it sets its
+    own. (Connections that other threads opened before keep what they started with.)"""
     import psycopg
     from django.db import connection, connections
     from psycopg import sql
 
     from mcpgw import pg
 
-    level = request.param
-    if level == "server default":
-        yield level
-        return
     if connection.vendor != "postgresql":
-        pytest.skip("isolation levels are set on Postgres")
+        pytest.skip("a database default of Postgres's")
+    name = sql.Identifier(setting)
     database = sql.Identifier(connection.settings_dict["NAME"])
 
     def alter(clause: sql.Composable) -> None:
         with psycopg.connect(pg.conninfo("test-admin"), autocommit=True) as admin:
             admin.execute(sql.SQL("ALTER DATABASE {} {}").format(database, clause))
 
-    alter(sql.SQL("SET default_transaction_isolation = {}").format(sql.Literal(level)))
-    connections.close_all()
-    with psycopg.connect(pg.conninfo("test-probe"), autocommit=True) as probe:
-        shown = probe.execute("SHOW transaction_isolation").fetchone()
-    assert shown == (level,), "the database's default did not take"
+    alter(sql.SQL("SET {} = {}").format(name, sql.Literal(value)))
     try:
-        yield level
-    finally:
-        alter(sql.SQL("RESET default_transaction_isolation"))
         connections.close_all()
+        with psycopg.connect(pg.conninfo("test-probe"), autocommit=True) as probe:
+            shown = probe.execute(sql.SQL("SHOW {}").format(name)).fetchone()
+        assert shown == (value,), "the database's default did not take"
+        yield
+    finally:
+        alter(sql.SQL("RESET {}").format(name))
+        connections.close_all()
+
+
+@pytest.fixture(params=["server default", "repeatable read", "serializable"])
+def default_isolation(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The test database's default transaction isolation level (Postgres's own default is
+    READ COMMITTED)."""
+    level = request.param
+    if level == "server default":
+        yield level
+        return
+    with database_default("default_transaction_isolation", level):
+        yield level
 
 
 @pytest.fixture

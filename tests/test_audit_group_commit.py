@@ -10,6 +10,7 @@ import pytest
 
 from audit import chain, writer
 from audit.models import AuditRecord, Kind
+from tests.conftest import database_default
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -283,6 +284,41 @@ async def test_a_record_waits_for_a_writer_that_holds_the_head(
     result = await asyncio.to_thread(chain.verify)
     assert result.ok, result.error
     assert result.verified == 3
+
+
+async def test_records_are_flushed_before_their_calls_go_on_whatever_the_database_default(
+    transactions, on_postgres
+):
+    """A database (or role) whose default is synchronous_commit = off answers a commit
+    before its log is on disk: a record written ahead of its call could be lost with the
+    database's next crash, after the call went upstream. The writer's connection and
+    Django's (the console's records) ask for the flush themselves; the isolation level they
+    are written for too."""
+    from django.db import connection
+
+    with database_default("synchronous_commit", "off"):
+        await writer.append(**request_fields(1))
+        ours = writer.writer()._postgres._connection
+        shown = await (await ours.execute("SHOW synchronous_commit")).fetchone()
+        assert shown == ("on",)
+
+        def django_settings() -> list[Any]:
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute("SHOW synchronous_commit")
+                    durable = cursor.fetchone()
+                    cursor.execute("SHOW transaction_isolation")
+                    return [durable, cursor.fetchone()]
+            finally:
+                connection.close()
+
+        assert await asyncio.to_thread(django_settings) == [("on",), ("read committed",)]
+        # The next record still goes on the same connection, as before.
+        await writer.append(**request_fields(2))
+        assert writer.writer()._postgres._connection is ours
+    result = await asyncio.to_thread(chain.verify)
+    assert result.ok, result.error
+    assert result.verified == 2
 
 
 async def test_a_write_stopped_midway_leaves_the_writer_able_to_write(transactions):
