@@ -21,7 +21,11 @@ time per call site:
   "phase N: ..."): from the request reaching the application to its write-ahead audit
   record, that record (of which the wait for the audit writer, busy with an earlier
   record, and the database's round trip for it), the upstream until its answer's head,
-  reading, masking and encoding that answer, and writing the answer to the agent.
+  reading, masking and encoding that answer, and writing the answer to the agent;
+- for the slowest 1% of those calls (by their whole time) against all of them: each
+  phase's mean, and how many saw a collection of the garbage collector, one of an older
+  generation (1 or 2), or a signed audit checkpoint written while they ran: what the
+  slow calls spend their extra time on.
 
 BENCH_GC_FREEZE=0 (`gateway_bench --no-gc-freeze`) keeps the application from freezing
 what it loaded at start (`mcpgw/asgi.py`), to compare collection pauses with and without.
@@ -220,6 +224,9 @@ def install_django() -> None:
 
 
 _gc_started = [0.0]
+# How many of each event so far: a call that ends with a higher count than it began with
+# saw one while it ran.
+_events = {"gc": 0, "gc old": 0, "checkpoint": 0}
 
 
 def _gc_callback(phase: str, info: dict[str, Any]) -> None:
@@ -228,6 +235,9 @@ def _gc_callback(phase: str, info: dict[str, Any]) -> None:
         return
     seconds = time.perf_counter() - _gc_started[0]
     generation = info["generation"]
+    _events["gc"] += 1
+    if generation:
+        _events["gc old"] += 1
     _add(f"gc collections, generation {generation}", seconds)
     with _lock:
         longest = _counts[f"gc longest pause, generation {generation}"]
@@ -255,6 +265,35 @@ PHASES = (
     ("5", "answer written to the agent", "respond", "responded"),
     ("1-5", "request in to answer written", "in", "responded"),
 )
+
+
+# Each tools/call's phases in seconds (by PHASES' number) and, as 0 or 1, the events it
+# saw (by _events' name), for `_tail`; at most this many calls are kept.
+_calls: list[dict[str, float]] = []
+MAX_CALLS = 200_000
+
+
+def _tail() -> dict[str, Any] | None:
+    """The slowest 1% of the calls kept (by their whole time, phase 1-5) against all of
+    them: the mean of each phase and the share of calls that saw each event."""
+    with _lock:
+        calls = list(_calls)
+    if len(calls) < 100:
+        return None
+    calls.sort(key=lambda call: call["1-5"])
+    slowest = calls[-(len(calls) // 100) :]
+    keys = [number for number, *_ in PHASES] + list(_events)
+
+    def means(group: list[dict[str, float]]) -> dict[str, float]:
+        return {key: sum(call.get(key, 0.0) for call in group) / len(group) for key in keys}
+
+    return {
+        "calls": len(calls),
+        "slowest": len(slowest),
+        "labels": {number: label.strip() for number, label, *_ in PHASES},
+        "all": means(calls),
+        "slowest means": means(slowest),
+    }
 
 
 def _stamp(name: str) -> None:
@@ -329,6 +368,13 @@ def install_phases() -> None:
         return result
 
     writer.PostgresChain._append_at = stamped_append_at
+    checkpoint = writer._checkpoint
+
+    async def counted_checkpoint(record: Any) -> None:
+        _events["checkpoint"] += 1
+        await checkpoint(record)
+
+    writer._checkpoint = counted_checkpoint
 
     import mcpgw.asgi
 
@@ -339,11 +385,17 @@ def install_phases() -> None:
             return await application(scope, receive, send)
         stamps = {"in": time.perf_counter()}
         _phase_stamps.set(stamps)
+        began = dict(_events)
         await application(scope, receive, send)
         if {"recorded", "head", "responded"} <= stamps.keys():
+            call = {name: float(count > began[name]) for name, count in _events.items()}
             for number, label, start, end in PHASES:
                 if start in stamps and end in stamps:
-                    _add(f"phase {number}: {label}", stamps[end] - stamps[start])
+                    call[number] = stamps[end] - stamps[start]
+                    _add(f"phase {number}: {label}", call[number])
+            with _lock:
+                if len(_calls) < MAX_CALLS:
+                    _calls.append(call)
 
     mcpgw.asgi.application = phased
 
@@ -355,6 +407,9 @@ def _dump(*_: Any) -> None:
     with _lock:
         snapshot = {name: list(values) for name, values in _counts.items()}
     snapshot["threads alive"] = [threading.active_count(), 0.0, 0]
+    tail = _tail()
+    if tail is not None:
+        snapshot["slowest calls"] = tail  # type: ignore[assignment]
     with open(path + ".tmp", "w") as handle:
         json.dump(snapshot, handle)
     os.replace(path + ".tmp", path)
@@ -363,6 +418,7 @@ def _dump(*_: Any) -> None:
 def _reset(*_: Any) -> None:
     with _lock:
         _counts.clear()
+        _calls.clear()
 
 
 def main() -> None:

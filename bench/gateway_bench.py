@@ -37,7 +37,9 @@ the harness works, its numbers mean little. --profile DIR records each gateway r
 py-spy (collapsed stacks, see `bench.stacks`); --count-calls DIR runs the gateway under
 `bench.counting_gateway` and writes per-call counts of thread hops, SQL statements, JSON
 encodings and masking, and the wall-clock phases of a call (to its audit record, the
-record, the upstream, the answer masked, the answer written). Both slow the gateway down:
+record, the upstream, the answer masked, the answer written), and the same phases for the
+slowest 1% of calls against all of them, with how many of those saw a garbage collection
+or a signed audit checkpoint. Both slow the gateway down:
 their tables are not for comparison.
 
 --instructions DIR runs each gateway under valgrind's callgrind and prints the machine
@@ -1054,6 +1056,7 @@ class Bench:
         for cell in self.cells:
             for counts in cell.counts:
                 calls = counts.pop("calls", [0])[0]
+                tail = counts.pop("slowest calls", None)
                 if not calls:
                     continue
                 print(f"\n{cell.config} {cell.era} {cell.clients} clients ({calls:,} calls)")
@@ -1073,6 +1076,28 @@ class Bench:
                     )
                 for name, (_, seconds, _) in sorted(longest.items()):
                     print(f"  {name}: {seconds * 1e3:.1f} ms")
+                if tail:
+                    print_tail(tail)
+
+
+def print_tail(tail: dict[str, Any]) -> None:
+    """`bench.counting_gateway`'s breakdown of the slowest 1% of calls against all."""
+    slow, every = tail["slowest means"], tail["all"]
+    print(
+        f"  the slowest 1% of these calls ({tail['slowest']:,} of {tail['calls']:,}), "
+        "against all of them (means):"
+    )
+    for number, label in tail["labels"].items():
+        print(
+            f"    {slow[number] * 1e6:8.0f} µs against {every[number] * 1e6:6.0f} µs  "
+            f"{number}: {label}"
+        )
+    for event, label in (
+        ("gc", "a garbage collection ran"),
+        ("gc old", "of them, one of generation 1 or 2"),
+        ("checkpoint", "a signed audit checkpoint was written"),
+    ):
+        print(f"    {slow[event]:8.0%} against {every[event]:6.0%}     of calls: {label}")
 
 
 # -- main -------------------------------------------------------------------------

@@ -94,7 +94,8 @@ def test_gateway_bench_counts_instructions_per_call_under_callgrind(tmp_path):
 @pytest.mark.skipif(not _server_url(), reason="the write-ahead record's phases are on Postgres")
 def test_gateway_bench_counts_the_phases_of_a_call(tmp_path):
     """--count-calls: among the per-call counts, the wall-clock phases of a tools/call,
-    which follow one another: together they make up most of the whole, never more."""
+    which follow one another: together they make up most of the whole, never more; and
+    the same phases for the slowest 1% of the calls, against all of them."""
     done = _bench(
         "--short",
         "--configs",
@@ -115,7 +116,9 @@ def test_gateway_bench_counts_the_phases_of_a_call(tmp_path):
     )
     output = done.stdout
     assert done.returncode == 0, f"{output[-4000:]}\n{done.stderr[-4000:]}"
-    table = output.split("== Per call (bench.counting_gateway)", 1)[1]
+    table, tail = output.split("== Per call (bench.counting_gateway)", 1)[1].split(
+        "the slowest 1% of these calls", 1
+    )
     phases = {}
     for line in table.splitlines():
         if "phase " in line:
@@ -130,6 +133,17 @@ def test_gateway_bench_counts_the_phases_of_a_call(tmp_path):
     # Between the phases only short steps go unstamped (the hold check, the upstream
     # request's body).
     assert phases["1-5"] * 0.7 <= consecutive <= phases["1-5"] * 1.01, phases
+    slowest, every = {}, {}
+    for line in tail.splitlines():
+        if " µs against " in line:
+            slow, _unit, _against, all_calls, _unit, name, *_label = line.split()
+            slowest[name.rstrip(":")], every[name.rstrip(":")] = float(slow), float(all_calls)
+    assert set(slowest) == set(phases), tail
+    # The whole of a call as the table above has it; the slowest calls took longer.
+    assert abs(every["1-5"] - phases["1-5"]) <= 1, (every, phases)
+    assert slowest["1-5"] >= every["1-5"], tail
+    assert "of calls: a garbage collection ran" in tail
+    assert "of calls: a signed audit checkpoint was written" in tail
 
 
 def test_gateway_bench_refuses_bad_options_with_a_message():
