@@ -119,10 +119,8 @@ class PostgresChain:
                 break
         if appended is None:
             appended = await self._append_locked(connection, rows)
-        head_seq, records = appended
+        _, records = appended
         self._head = records[-1].seq, records[-1].hash
-        if chain.crosses_checkpoint(head_seq, records):
-            await _checkpoint(records[-1])
         return records
 
     async def _append_after(
@@ -395,15 +393,25 @@ class GroupWriter:
         self._later: list[tuple[Callable[[], dict[str, Any]], asyncio.Future[AuditRecord]]] = []
         self._later_timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
+        # Signed checkpoints being written after the batches that crossed them (Postgres).
+        self._checkpoints: set[asyncio.Task[None]] = set()
         self._postgres = PostgresChain()
         # The database does not change while the loop runs: looked up once, not per call.
         self._on_postgres = backend(AuditHead.objects.db).vendor == "postgresql"
         self._lingers = _lingers()
 
     async def _append_many(self, rows: list[dict[str, Any]]) -> list[AuditRecord]:
-        if self._on_postgres:
-            return await self._postgres.append_many(rows)
-        return await _append_many_in_thread(rows)
+        if not self._on_postgres:
+            # `chain.append_many` writes the checkpoint once the transaction commits.
+            return await _append_many_in_thread(rows)
+        records = await self._postgres.append_many(rows)
+        if chain.crosses_checkpoint(records[0].seq - 1, records):
+            # The records are committed: their callers go on while the checkpoint is
+            # signed and written (in a thread), and the next records are sent meanwhile.
+            task = asyncio.get_running_loop().create_task(_checkpoint(records[-1]))
+            self._checkpoints.add(task)
+            task.add_done_callback(self._checkpoints.discard)
+        return records
 
     async def append(self, fields: dict[str, Any]) -> AuditRecord:
         """Append one record; returns once it is committed, raises if it could not be."""
@@ -463,6 +471,8 @@ class GroupWriter:
             self._write_now()
         if self._task is not None and not self._task.done():
             await asyncio.shield(self._task)
+        if self._checkpoints:
+            await asyncio.shield(asyncio.gather(*self._checkpoints))
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()

@@ -321,6 +321,45 @@ async def test_records_are_flushed_before_their_calls_go_on_whatever_the_databas
     assert result.verified == 2
 
 
+async def test_callers_go_on_before_the_checkpoint_their_batch_crossed_is_signed(
+    transactions, on_postgres, settings, monkeypatch, tmp_path
+):
+    """A batch that crosses a checkpoint (every AUDIT_CHECKPOINT_EVERY records) has a
+    signed checkpoint file written after it: its records are committed, so its callers go
+    on without waiting for that file (a thread, a signature, a write); the writer's flush,
+    as at shutdown, waits for it."""
+    import threading
+
+    from audit import checkpoints
+
+    settings.AUDIT = {**settings.AUDIT, "CHECKPOINT_EVERY": 0, "CHECKPOINT_DIR": str(tmp_path)}
+    first = await writer.append(**request_fields(1))
+    settings.AUDIT = {**settings.AUDIT, "CHECKPOINT_EVERY": first.seq + 1}
+    signing, release = threading.Event(), threading.Event()
+    write = checkpoints.write
+
+    def held_write(seq: int, head_hash: str, kind: str = "checkpoint") -> Any:
+        signing.set()
+        release.wait(10)
+        return write(seq, head_hash, kind)
+
+    monkeypatch.setattr(checkpoints, "write", held_write)
+    try:
+        crossing = await asyncio.wait_for(writer.append(**request_fields(2)), 5)
+        assert crossing.seq == first.seq + 1
+        # The next record does not wait for the checkpoint either.
+        await asyncio.wait_for(writer.append(**request_fields(3)), 5)
+        assert await asyncio.to_thread(signing.wait, 5)
+        flushing = asyncio.ensure_future(writer.flush())
+        await asyncio.sleep(0.2)
+        assert not flushing.done()
+    finally:
+        release.set()
+    await asyncio.wait_for(flushing, 10)
+    loaded = await asyncio.to_thread(checkpoints.load_all)
+    assert [(c.seq, c.head_hash) for c in loaded.checkpoints] == [(crossing.seq, crossing.hash)]
+
+
 async def test_a_write_stopped_midway_leaves_the_writer_able_to_write(transactions):
     """The writer's task is cancelled while its statement waits in the database (here for
     a head another transaction holds): the connection still has that statement under way,
