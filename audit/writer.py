@@ -98,16 +98,20 @@ class PostgresChain:
             return []
         try:
             return await self._append_many(rows)
-        except _DiedBeforeWriting:
+        except _Broken as broken:
             # The kept connection had died while idle (a restarted or failed-over
-            # database, an idle timeout), or between two statements for these records,
-            # and the records are not in the chain: a new connection may write them. A
-            # connection that dies after that fails them.
-            return await self._append_many(rows)
+            # database, an idle timeout), between two statements for these records, or
+            # while a statement with them ran: a new connection may write them, under the
+            # head's lock, after looking for those the broken one sent. A connection that
+            # dies after that fails them.
+            return await self._append_many(rows, sent=broken.sent)
 
-    async def _append_many(self, rows: list[dict[str, Any]]) -> list[AuditRecord]:
+    async def _append_many(
+        self, rows: list[dict[str, Any]], sent: list[AuditRecord] | None = None
+    ) -> list[AuditRecord]:
         connection = await self._connect()
-        # Forgotten until these records are written: after a failure the head is read again.
+        # Forgotten until these records are written: after a failure the head is read again
+        # (under its lock: a failure leaves no head known).
         known, self._head = self._head, None
         appended = None
         tries = 0
@@ -118,7 +122,7 @@ class PostgresChain:
             if appended is not None:
                 break
         if appended is None:
-            appended = await self._append_locked(connection, rows)
+            appended = await self._append_locked(connection, rows, sent)
         _, records = appended
         self._head = records[-1].seq, records[-1].hash
         return records
@@ -141,11 +145,9 @@ class PostgresChain:
             if connection.broken:
                 await self.aclose()
                 if isinstance(exc, psycopg.OperationalError):
-                    # Whether the statement committed before the connection broke: it
-                    # wrote all of the records or none.
-                    if await self._written(records[-1]):
-                        return (head[0], records), None
-                    raise _DiedBeforeWriting from exc
+                    # The statement may have committed, or may still (the database can
+                    # go on with it after the connection broke on this side).
+                    raise _Broken(sent=records) from exc
             raise
         if appended == len(records):
             return (head[0], records), None
@@ -160,7 +162,7 @@ class PostgresChain:
                 if connection.broken:
                     # Nothing of these records was written: a new connection may write them.
                     await self.aclose()
-                    raise _DiedBeforeWriting from exc
+                    raise _Broken from exc
                 raise
         return None, found
 
@@ -213,9 +215,13 @@ class PostgresChain:
         return int(inserted), (int(seq), hash_.decode("ascii"))
 
     async def _append_locked(
-        self, connection: Any, rows: list[dict[str, Any]]
+        self, connection: Any, rows: list[dict[str, Any]], sent: list[AuditRecord] | None = None
     ) -> tuple[int, list[AuditRecord]]:
-        written = False
+        """The records appended under the head's lock. `sent`: the same records as a
+        connection that broke meanwhile sent them; once the lock is held, that connection's
+        statement has committed or never will (it took the head first, or will find it
+        moved), so if they are in the chain they are the answer, not written again."""
+        records: list[AuditRecord] | None = None
         try:
             async with connection.pipeline(), connection.transaction():
                 cursor = connection.cursor()
@@ -224,8 +230,11 @@ class PostgresChain:
                 if found is None:
                     raise _NoHead
                 head_seq, head_hash = found
+                if sent is not None and head_seq >= sent[-1].seq:
+                    await cursor.execute(chain.written_statement(), [sent[-1].seq, sent[-1].hash])
+                    if await cursor.fetchone() is not None:
+                        return sent[0].seq - 1, sent
                 records = chain.build(rows, head_seq, head_hash)
-                written = True
                 await cursor.execute(*chain.insert_statement(records))
         except _NoHead:
             # The migration creates the head; only a database that lost it gets here.
@@ -234,15 +243,10 @@ class PostgresChain:
         except BaseException as exc:
             if connection.broken:
                 await self.aclose()
-                if not written and isinstance(exc, psycopg.OperationalError):
-                    raise _DiedBeforeWriting from exc
+                if isinstance(exc, psycopg.OperationalError):
+                    raise _Broken(sent=records or sent) from exc
             raise
         return head_seq, records
-
-    async def _written(self, record: AuditRecord) -> bool:
-        connection = await self._connect()
-        cursor = await connection.execute(chain.written_statement(), [record.seq, record.hash])
-        return await cursor.fetchone() is not None
 
     async def aclose(self) -> None:
         self._stop_watching()
@@ -362,8 +366,13 @@ class _NoHead(Exception):
     pass
 
 
-class _DiedBeforeWriting(Exception):
-    pass
+class _Broken(Exception):
+    """The writer's connection broke. `sent`: records a statement on it carried, which
+    may be in the chain (committed before the break, or by the database after it)."""
+
+    def __init__(self, sent: list[AuditRecord] | None = None) -> None:
+        super().__init__()
+        self.sent = sent
 
 
 async def _checkpoint(record: AuditRecord) -> None:

@@ -163,9 +163,9 @@ def statements(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[int]]:
         seen["tries"].append(head[0])
         return await append_at(self, connection, records, head)
 
-    async def locked(self: Any, connection: Any, rows: list[dict[str, Any]]) -> Any:
+    async def locked(self: Any, connection: Any, rows: list[dict[str, Any]], *rest: Any) -> Any:
         seen["locked"].append(len(rows))
-        return await append_locked(self, connection, rows)
+        return await append_locked(self, connection, rows, *rest)
 
     monkeypatch.setattr(writer.PostgresChain, "_append_at", tried)
     monkeypatch.setattr(writer.PostgresChain, "_append_locked", locked)
@@ -396,6 +396,67 @@ async def test_a_write_stopped_midway_leaves_the_writer_able_to_write(transactio
     )
     # The stopped statement may still have committed once the lock came free.
     assert targets in (["tool-1", "tool-3"], ["tool-1", "tool-2", "tool-3"])
+
+
+async def _wait_for_lock(watch: Any, where: str, params: list[Any]) -> int:
+    """The pid of the backend that `where` picks out of pg_stat_activity, once it waits
+    for a lock."""
+    for _ in range(500):
+        found = await watch.execute(
+            f"SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND {where}",
+            params,
+        )
+        row = await found.fetchone()
+        if row is not None:
+            return int(row[0])
+        await asyncio.sleep(0.01)
+    pytest.fail(f"no backend ({where}) waited for a lock")
+
+
+async def test_a_statement_that_commits_after_its_connection_broke_is_not_written_twice(
+    transactions, on_postgres
+):
+    """The writer's connection breaks on the writer's side while its statement waits in
+    the database for the chain head (held by a transaction that then ends without moving
+    it). The database's backend goes on with the statement and commits it once the head is
+    free; the writer, on a new connection, must find those records rather than append the
+    same ones a second time."""
+    import socket
+
+    import psycopg
+
+    from mcpgw import pg
+
+    first = await writer.append(**request_fields(1))
+    kept = writer.writer()._postgres._connection
+    old_pid = kept.pgconn.backend_pid
+    async with (
+        await psycopg.AsyncConnection.connect(pg.conninfo("test-watch"), autocommit=True) as watch,
+        await psycopg.AsyncConnection.connect(pg.conninfo("test-other")) as other,
+    ):
+        async with other.transaction():
+            await other.execute(chain.head_statement())  # holds the head, will not move it
+            broken = asyncio.ensure_future(writer.append(**request_fields(2)))
+            await _wait_for_lock(watch, "pid = %s", [old_pid])
+            # The network between the writer and the database fails on the writer's side.
+            with socket.socket(fileno=os.dup(kept.pgconn.socket)) as sock:
+                sock.shutdown(socket.SHUT_RDWR)
+            # The writer is on a new connection, waiting for the head too.
+            await _wait_for_lock(
+                watch, "application_name = 'mcpgw-audit-writer' AND pid <> %s", [old_pid]
+            )
+            assert not broken.done()
+        # The head is free: the old backend's statement goes first, then the writer's.
+        ours = await asyncio.wait_for(broken, 10)
+
+    assert ours.seq == first.seq + 1
+    targets = await asyncio.to_thread(
+        lambda: list(AuditRecord.objects.order_by("seq").values_list("target", flat=True))
+    )
+    assert targets == ["tool-1", "tool-2"]
+    result = await asyncio.to_thread(chain.verify)
+    assert result.ok, result.error
+    assert (await writer.append(**request_fields(3))).seq == first.seq + 2
 
 
 async def test_the_writer_registers_its_socket_once_and_leaves_nothing_open(
