@@ -59,6 +59,8 @@ COMPOSE_LATER_SECONDS = 0.003
 # How many statements a batch may try to append after a head it knows, each after the head
 # the one before it found, before it is appended under the head's lock.
 OPTIMISTIC_TRIES = 3
+# How many new connections a batch is tried on after the writer's connection broke under it.
+RECONNECTS = 3
 
 _append_many_in_thread = sync_to_async(chain.append_many, thread_sensitive=False)
 
@@ -96,15 +98,20 @@ class PostgresChain:
     async def append_many(self, rows: list[dict[str, Any]]) -> list[AuditRecord]:
         if not rows:
             return []
-        try:
-            return await self._append_many(rows)
-        except _Broken as broken:
-            # The kept connection had died while idle (a restarted or failed-over
-            # database, an idle timeout), between two statements for these records, or
-            # while a statement with them ran: a new connection may write them, under the
-            # head's lock, after looking for those the broken one sent. A connection that
-            # dies after that fails them.
-            return await self._append_many(rows, sent=broken.sent)
+        sent = None
+        reconnects = 0
+        while True:
+            try:
+                return await self._append_many(rows, sent)
+            except _Broken as broken:
+                # The kept connection had died while idle (a restarted or failed-over
+                # database, an idle timeout), between two statements for these records, or
+                # while a statement with them ran: a new connection may write them, under
+                # the head's lock, after looking for those a broken one sent.
+                reconnects += 1
+                if reconnects > RECONNECTS:
+                    raise
+                sent = broken.sent or sent
 
     async def _append_many(
         self, rows: list[dict[str, Any]], sent: list[AuditRecord] | None = None
@@ -371,7 +378,7 @@ class _Broken(Exception):
     may be in the chain (committed before the break, or by the database after it)."""
 
     def __init__(self, sent: list[AuditRecord] | None = None) -> None:
-        super().__init__()
+        super().__init__("the connection to the audit trail's database broke")
         self.sent = sent
 
 
@@ -473,15 +480,19 @@ class GroupWriter:
             self._task = asyncio.get_running_loop().create_task(self._drain())
 
     async def flush(self) -> None:
-        """Write what waits now, and wait until it is written."""
-        if self._later:
-            self._compose_later()
-        if self._pending:
-            self._write_now()
-        if self._task is not None and not self._task.done():
-            await asyncio.shield(self._task)
-        if self._checkpoints:
-            await asyncio.shield(asyncio.gather(*self._checkpoints))
+        """Write what waits now, and wait until it is written, with the checkpoints it
+        crossed (and what came meanwhile)."""
+        while True:
+            if self._later:
+                self._compose_later()
+            if self._pending:
+                self._write_now()
+            if self._task is not None and not self._task.done():
+                await asyncio.shield(self._task)
+            elif self._checkpoints:
+                await asyncio.shield(asyncio.gather(*self._checkpoints))
+            else:
+                return
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
@@ -496,6 +507,13 @@ class GroupWriter:
                 loop.call_soon(self._compose_later)
             try:
                 records = await self._append_many([fields for fields, _ in batch])
+            except _Broken as exc:
+                # Each new connection broke as well: the records may still be committed by
+                # a statement the database finishes late, so they are not written again one
+                # by one (they could be written twice); their calls fail.
+                for _, future in batch:
+                    _settle(future, exception=exc)
+                continue
             except Exception as exc:
                 if len(batch) == 1:
                     _settle(batch[0][1], exception=exc)

@@ -403,7 +403,8 @@ async def _wait_for_lock(watch: Any, where: str, params: list[Any]) -> int:
     for a lock."""
     for _ in range(500):
         found = await watch.execute(
-            f"SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND {where}",
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            f" AND wait_event_type = 'Lock' AND {where}",
             params,
         )
         row = await found.fetchone()
@@ -421,8 +422,6 @@ async def test_a_statement_that_commits_after_its_connection_broke_is_not_writte
     it). The database's backend goes on with the statement and commits it once the head is
     free; the writer, on a new connection, must find those records rather than append the
     same ones a second time."""
-    import socket
-
     import psycopg
 
     from mcpgw import pg
@@ -438,9 +437,7 @@ async def test_a_statement_that_commits_after_its_connection_broke_is_not_writte
             await other.execute(chain.head_statement())  # holds the head, will not move it
             broken = asyncio.ensure_future(writer.append(**request_fields(2)))
             await _wait_for_lock(watch, "pid = %s", [old_pid])
-            # The network between the writer and the database fails on the writer's side.
-            with socket.socket(fileno=os.dup(kept.pgconn.socket)) as sock:
-                sock.shutdown(socket.SHUT_RDWR)
+            _break(kept)
             # The writer is on a new connection, waiting for the head too.
             await _wait_for_lock(
                 watch, "application_name = 'mcpgw-audit-writer' AND pid <> %s", [old_pid]
@@ -457,6 +454,66 @@ async def test_a_statement_that_commits_after_its_connection_broke_is_not_writte
     result = await asyncio.to_thread(chain.verify)
     assert result.ok, result.error
     assert (await writer.append(**request_fields(3))).seq == first.seq + 2
+
+
+def _break(connection: Any) -> None:
+    """The network between the writer and the database fails on the writer's side."""
+    import socket
+
+    with socket.socket(fileno=os.dup(connection.pgconn.socket)) as sock:
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+async def test_a_batch_whose_every_connection_broke_fails_its_calls_and_is_not_written_twice(
+    transactions, on_postgres, monkeypatch
+):
+    """The writer's connection breaks while a batch's statement waits for the head, and so
+    does the new one it tried next: the batch's callers get an error, and the records are
+    not written again one by one, since the database may still finish the first
+    statement, as it does here once the head is free: each record is in the chain once."""
+    import psycopg
+
+    from mcpgw import pg
+
+    monkeypatch.setattr(writer, "RECONNECTS", 1)
+    first = await writer.append(**request_fields(1))
+    kept = writer.writer()._postgres._connection
+    old_pid = kept.pgconn.backend_pid
+    async with (
+        await psycopg.AsyncConnection.connect(pg.conninfo("test-watch"), autocommit=True) as watch,
+        await psycopg.AsyncConnection.connect(pg.conninfo("test-other")) as other,
+    ):
+        async with other.transaction():
+            await other.execute(chain.head_statement())  # holds the head, will not move it
+            both = asyncio.gather(
+                writer.append(**request_fields(2)),
+                writer.append(**request_fields(3)),
+                return_exceptions=True,
+            )
+            await _wait_for_lock(watch, "pid = %s", [old_pid])
+            _break(kept)
+            new_pid = await _wait_for_lock(
+                watch, "application_name = 'mcpgw-audit-writer' AND pid <> %s", [old_pid]
+            )
+            again = writer.writer()._postgres._connection
+            assert again.pgconn.backend_pid == new_pid
+            _break(again)
+            failed = await asyncio.wait_for(both, 10)
+        # The head is free: the first statement still goes through.
+
+    assert all(isinstance(result, Exception) for result in failed), failed
+    for _ in range(100):
+        targets = await asyncio.to_thread(
+            lambda: list(AuditRecord.objects.order_by("seq").values_list("target", flat=True))
+        )
+        if len(targets) == 3:
+            break
+        await asyncio.sleep(0.05)
+    assert targets == ["tool-1", "tool-2", "tool-3"]
+    ours = await writer.append(**request_fields(4))
+    assert ours.seq == first.seq + 3
+    result = await asyncio.to_thread(chain.verify)
+    assert result.ok, result.error
 
 
 async def test_the_writer_registers_its_socket_once_and_leaves_nothing_open(
