@@ -1,8 +1,10 @@
 """Group commit: records asked for together share a transaction, and nothing else changes."""
 
 import asyncio
+import contextlib
 import gc
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -398,6 +400,35 @@ async def test_a_write_stopped_midway_leaves_the_writer_able_to_write(transactio
     assert targets in (["tool-1", "tool-3"], ["tool-1", "tool-2", "tool-3"])
 
 
+# A writer's backend other than the one whose pid is the parameter.
+_OTHER_WRITER = "application_name = 'mcpgw-audit-writer' AND pid <> %s"
+
+
+@contextlib.asynccontextmanager
+async def _head_held() -> AsyncIterator[Any]:
+    """While another transaction holds the chain head (and then ends without moving it): a
+    connection to watch pg_stat_activity with."""
+    import psycopg
+
+    from mcpgw import pg
+
+    async with (
+        await psycopg.AsyncConnection.connect(pg.conninfo("test-watch"), autocommit=True) as watch,
+        await psycopg.AsyncConnection.connect(pg.conninfo("test-other")) as other,
+        other.transaction(),
+    ):
+        await other.execute(chain.head_statement())
+        yield watch
+
+
+def _break(connection: Any) -> None:
+    """The network between the writer and the database fails on the writer's side."""
+    import socket
+
+    with socket.socket(fileno=os.dup(connection.pgconn.socket)) as sock:
+        sock.shutdown(socket.SHUT_RDWR)
+
+
 async def _wait_for_lock(watch: Any, where: str, params: list[Any]) -> int:
     """The pid of the backend that `where` picks out of pg_stat_activity, once it waits
     for a lock."""
@@ -422,29 +453,18 @@ async def test_a_statement_that_commits_after_its_connection_broke_is_not_writte
     it). The database's backend goes on with the statement and commits it once the head is
     free; the writer, on a new connection, must find those records rather than append the
     same ones a second time."""
-    import psycopg
-
-    from mcpgw import pg
-
     first = await writer.append(**request_fields(1))
     kept = writer.writer()._postgres._connection
     old_pid = kept.pgconn.backend_pid
-    async with (
-        await psycopg.AsyncConnection.connect(pg.conninfo("test-watch"), autocommit=True) as watch,
-        await psycopg.AsyncConnection.connect(pg.conninfo("test-other")) as other,
-    ):
-        async with other.transaction():
-            await other.execute(chain.head_statement())  # holds the head, will not move it
-            broken = asyncio.ensure_future(writer.append(**request_fields(2)))
-            await _wait_for_lock(watch, "pid = %s", [old_pid])
-            _break(kept)
-            # The writer is on a new connection, waiting for the head too.
-            await _wait_for_lock(
-                watch, "application_name = 'mcpgw-audit-writer' AND pid <> %s", [old_pid]
-            )
-            assert not broken.done()
-        # The head is free: the old backend's statement goes first, then the writer's.
-        ours = await asyncio.wait_for(broken, 10)
+    async with _head_held() as watch:
+        broken = asyncio.ensure_future(writer.append(**request_fields(2)))
+        await _wait_for_lock(watch, "pid = %s", [old_pid])
+        _break(kept)
+        # The writer is on a new connection, waiting for the head too.
+        await _wait_for_lock(watch, _OTHER_WRITER, [old_pid])
+        assert not broken.done()
+    # The head is free: the old backend's statement goes first, then the writer's.
+    ours = await asyncio.wait_for(broken, 10)
 
     assert ours.seq == first.seq + 1
     targets = await asyncio.to_thread(
@@ -456,14 +476,6 @@ async def test_a_statement_that_commits_after_its_connection_broke_is_not_writte
     assert (await writer.append(**request_fields(3))).seq == first.seq + 2
 
 
-def _break(connection: Any) -> None:
-    """The network between the writer and the database fails on the writer's side."""
-    import socket
-
-    with socket.socket(fileno=os.dup(connection.pgconn.socket)) as sock:
-        sock.shutdown(socket.SHUT_RDWR)
-
-
 async def test_a_batch_whose_every_connection_broke_fails_its_calls_and_is_not_written_twice(
     transactions, on_postgres, monkeypatch
 ):
@@ -471,35 +483,24 @@ async def test_a_batch_whose_every_connection_broke_fails_its_calls_and_is_not_w
     does the new one it tried next: the batch's callers get an error, and the records are
     not written again one by one, since the database may still finish the first
     statement, as it does here once the head is free: each record is in the chain once."""
-    import psycopg
-
-    from mcpgw import pg
-
     monkeypatch.setattr(writer, "RECONNECTS", 1)
     first = await writer.append(**request_fields(1))
     kept = writer.writer()._postgres._connection
     old_pid = kept.pgconn.backend_pid
-    async with (
-        await psycopg.AsyncConnection.connect(pg.conninfo("test-watch"), autocommit=True) as watch,
-        await psycopg.AsyncConnection.connect(pg.conninfo("test-other")) as other,
-    ):
-        async with other.transaction():
-            await other.execute(chain.head_statement())  # holds the head, will not move it
-            both = asyncio.gather(
-                writer.append(**request_fields(2)),
-                writer.append(**request_fields(3)),
-                return_exceptions=True,
-            )
-            await _wait_for_lock(watch, "pid = %s", [old_pid])
-            _break(kept)
-            new_pid = await _wait_for_lock(
-                watch, "application_name = 'mcpgw-audit-writer' AND pid <> %s", [old_pid]
-            )
-            again = writer.writer()._postgres._connection
-            assert again.pgconn.backend_pid == new_pid
-            _break(again)
-            failed = await asyncio.wait_for(both, 10)
-        # The head is free: the first statement still goes through.
+    async with _head_held() as watch:
+        both = asyncio.gather(
+            writer.append(**request_fields(2)),
+            writer.append(**request_fields(3)),
+            return_exceptions=True,
+        )
+        await _wait_for_lock(watch, "pid = %s", [old_pid])
+        _break(kept)
+        new_pid = await _wait_for_lock(watch, _OTHER_WRITER, [old_pid])
+        again = writer.writer()._postgres._connection
+        assert again.pgconn.backend_pid == new_pid
+        _break(again)
+        failed = await asyncio.wait_for(both, 10)
+    # The head is free: the first statement still goes through.
 
     assert all(isinstance(result, Exception) for result in failed), failed
     for _ in range(100):
