@@ -120,17 +120,16 @@ class PostgresChain:
         # Forgotten until these records are written: after a failure the head is read again
         # (under its lock: a failure leaves no head known).
         known, self._head = self._head, None
-        appended = None
+        records = None
         tries = 0
         while known is not None and tries < OPTIMISTIC_TRIES:
             tries += 1
             last = tries == OPTIMISTIC_TRIES
-            appended, known = await self._append_after(connection, rows, known, read=not last)
-            if appended is not None:
+            records, known = await self._append_after(connection, rows, known, read=not last)
+            if records is not None:
                 break
-        if appended is None:
-            appended = await self._append_locked(connection, rows, sent)
-        _, records = appended
+        if records is None:
+            records = await self._append_locked(connection, rows, sent)
         self._head = records[-1].seq, records[-1].hash
         return records
 
@@ -141,7 +140,7 @@ class PostgresChain:
         head: tuple[int, str],
         *,
         read: bool = True,
-    ) -> tuple[tuple[int, list[AuditRecord]] | None, tuple[int, str] | None]:
+    ) -> tuple[list[AuditRecord] | None, tuple[int, str] | None]:
         """The records appended after `head`; or, if the head has moved since, None and the
         head that another writer had moved it to, where the statement found one to try next
         (see `chain.append_at_statement`), or read it (where `read`)."""
@@ -157,7 +156,7 @@ class PostgresChain:
                     raise _Broken(sent=records) from exc
             raise
         if appended == len(records):
-            return (head[0], records), None
+            return records, None
         if found == head:
             if not read:
                 return None, None
@@ -223,7 +222,7 @@ class PostgresChain:
 
     async def _append_locked(
         self, connection: Any, rows: list[dict[str, Any]], sent: list[AuditRecord] | None = None
-    ) -> tuple[int, list[AuditRecord]]:
+    ) -> list[AuditRecord]:
         """The records appended under the head's lock. `sent`: the same records as a
         connection that broke meanwhile sent them; once the lock is held, that connection's
         statement has committed or never will (it took the head first, or will find it
@@ -240,20 +239,20 @@ class PostgresChain:
                 if sent is not None and head_seq >= sent[-1].seq:
                     await cursor.execute(chain.written_statement(), [sent[-1].seq, sent[-1].hash])
                     if await cursor.fetchone() is not None:
-                        return sent[0].seq - 1, sent
+                        return sent
                 records = chain.build(rows, head_seq, head_hash)
                 await cursor.execute(*chain.insert_statement(records))
+                # Leaving the block commits (and raises here if that fails).
+                return records
         except _NoHead:
             # The migration creates the head; only a database that lost it gets here.
-            records = await _append_many_in_thread(rows)
-            return records[0].seq - 1, records
+            return await _append_many_in_thread(rows)
         except BaseException as exc:
             if connection.broken:
                 await self.aclose()
                 if isinstance(exc, psycopg.OperationalError):
                     raise _Broken(sent=records or sent) from exc
             raise
-        return head_seq, records
 
     async def aclose(self) -> None:
         self._stop_watching()
